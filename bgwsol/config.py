@@ -1,0 +1,256 @@
+"""Typed, layered configuration: dataclasses -> YAML file -> command-line overrides.
+
+Every leaf field becomes a flag ``--<section>.<field>`` whose help comes from the field's
+``help`` metadata; ``--config FILE.yaml`` layers a file under the flags. The resolved
+config is written next to every run's outputs (``config.yaml``) and into checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse's name
+    if isinstance(default, (list, dict, tuple)) and not isinstance(default, tuple):
+        return field(default_factory=lambda: default, metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["ilsvrc", "cub"] = _f("ilsvrc", "which layout to read under root")
+    root: str = _f("", "dataset root (ILSVRC: folder holding LOC_*.csv and Data/; CUB: CUB_200_2011/)")
+    background: str = _f("", "folder of background images (no target object); empty: none")
+    val_fraction: float = _f(0.15, "share of labelled train images held out as the validation split (chooses checkpoint and threshold)")
+    input_size: int = _f(112, "square network input in pixels (224 for the real backbones)")
+    bg_ratio: float = _f(0.25, "share of each training batch drawn from the background set (methods that use it)")
+    num_workers: int = _f(0, "DataLoader worker processes per training process")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = _f("tiny", "resnet18 | resnet50 | vgg16 | inception_v3 | tiny")
+    weights: str = _f("", "local file with pretrained backbone weights (torchvision state dict); empty: random init")
+    fg_grad_scale: float = _f(0.1, "share of the foreground head's gradient that reaches the shared backbone")
+
+
+@dataclass
+class MethodConfig:
+    name: str = _f("bgwsol", "cam | bgwsol")
+    lambda_bg: float = _f(1.0, "weight of the background term (mask -> 0, class -> uniform on background images)")
+    lambda_obj: float = _f(1.0, "weight of the object term (mask -> 1 on object images)")
+    lambda_fg: float = _f(0.5, "weight of the foreground-classification term CE(GAP(M*A))")
+    lambda_mask: float = _f(0.5, "weight of the CAM-to-mask supervision term")
+    lambda_area: float = _f(0.0, "weight of the area term mean(M)")
+    obj_loss: Literal["bce", "nnpu"] = _f("bce", "object term: plain BCE to 1, or non-negative PU risk")
+    class_prior: float = _f(0.3, "foreground share of object-image pixels (nnpu only)")
+    mask_loss: Literal["bce", "mse"] = _f("bce", "CAM-to-mask loss")
+    mask_warmup_epochs: int = _f(2, "epochs before the mask and fg_cls terms switch on")
+    alpha: float = _f(0.8, "inference map: alpha * minmax(M) + (1 - alpha) * minmax(CAM)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(12, "training epochs")
+    batch_size: int = _f(32, "images per step (object + background)")
+    lr: float = _f(0.05, "peak SGD learning rate (cosine schedule, linear warmup)")
+    weight_decay: float = _f(1e-4, "SGD weight decay")
+    momentum: float = _f(0.9, "SGD momentum")
+    warmup_epochs: float = _f(1.0, "linear learning-rate warmup, in epochs")
+    seed: int = _f(0, "seed for weights, sampling and augmentation")
+    eval_every: int = _f(1, "evaluate on validation every N epochs (and at the end)")
+    log_every: int = _f(20, "log loss terms every N steps")
+
+
+@dataclass
+class EvalConfig:
+    cam_curve_interval: float = _f(0.01, "threshold grid step for MaxBoxAcc (wsolevaluation: 0.001 for final numbers)")
+    iou_thresholds: tuple[int, ...] = _f((30, 50, 70), "IoU thresholds (percent) for MaxBoxAccV2")
+    multi_contour: bool = _f(True, "all contours (MaxBoxAccV2) or the largest one (MaxBoxAcc)")
+    scoremap_size: int = _f(224, "maps are upsampled to this square size before boxes are drawn")
+    select_metric: str = _f("top1_loc", "validation metric that picks the checkpoint (top1_loc needs both class and box)")
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; ``output_dir`` receives config, checkpoints and results."""
+
+    output_dir: str = _f("runs/default", "where this run writes config.yaml, checkpoints and results")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------- (de)serialization
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain dict (tuples as lists), suitable for YAML and MLflow params."""
+    out = dataclasses.asdict(cfg)
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, tuple):
+            return list(v)
+        return v
+
+    return fix(out)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(inner, v, where) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp in (int, float, str):
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, tp) or isinstance(value, bool):
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise (never dropped)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.{name}: expected a mapping")
+            kwargs[name] = from_dict(tp, value, f"{where}.{name}")
+        else:
+            kwargs[name] = _coerce(tp, value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def write_yaml(cfg: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def read_yaml(cls: type[T], path: str | Path) -> T:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    return from_dict(cls, yaml.safe_load(path.read_text()) or {}, where=str(path))
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(_leaf_fields(tp, f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", tp, f))
+    return out
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, defaults: Any | None = None) -> None:
+    """Add ``--config`` and one flag per leaf field of ``cls`` (defaults shown in ``--help``)."""
+    parser.add_argument("--config", type=Path, help="YAML file with any subset of the fields below; flags override it")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    flat_defaults = flatten(to_dict(defaults)) if defaults is not None else {}
+    for dotted, tp, f in _leaf_fields(cls):
+        section = dotted.split(".")[0] if "." in dotted else "run"
+        group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
+        default = flat_defaults.get(dotted, _default_of(f))
+        helptext = f"{f.metadata.get('help', '')} (default: {default})"
+        kw: dict[str, Any] = {"dest": dotted, "default": argparse.SUPPRESS, "help": helptext}
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            group.add_argument(f"--{dotted}", action=argparse.BooleanOptionalAction, **kw)
+        elif origin is Literal:
+            group.add_argument(f"--{dotted}", choices=list(typing.get_args(tp)), **kw)
+        elif origin is tuple:
+            group.add_argument(f"--{dotted}", nargs="+", type=typing.get_args(tp)[0], metavar="N", **kw)
+        else:
+            group.add_argument(f"--{dotted}", type=tp, metavar=tp.__name__.upper(), **kw)
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[leaf] = value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, defaults: T | None = None) -> T:
+    """Resolve ``defaults`` (or ``cls()``) <- ``--config`` file <- explicit flags."""
+    base = to_dict(defaults if defaults is not None else cls())
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        base = _merge(base, yaml.safe_load(path.read_text()) or {})
+    overrides: dict[str, Any] = {}
+    for dotted, value in vars(args).items():
+        if "." in dotted or dotted in {f.name for f in dataclasses.fields(cls)}:
+            _set_dotted(overrides, dotted, list(value) if isinstance(value, tuple) else value)
+    return from_dict(cls, _merge(base, overrides))
+
+
+def replace(cfg: T, **dotted: Any) -> T:
+    """Copy of ``cfg`` with dotted overrides, e.g. ``replace(cfg, **{"train.epochs": 3})``."""
+    d = to_dict(cfg)
+    for k, v in dotted.items():
+        _set_dotted(d, k, v)
+    return from_dict(type(cfg), d)
+
+

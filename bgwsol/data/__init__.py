@@ -1,0 +1,1 @@
+"""Datasets: synthetic generator, readers of the real layouts, and the in-process dataset."""

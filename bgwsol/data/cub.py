@@ -1,0 +1,76 @@
+"""Reader of CUB-200-2011 (``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``,
+``bounding_boxes.txt`` as x, y, w, h; ``classes.txt``).
+
+Boxes become inclusive corners ``(x, y, x + w, y + h)`` truncated to int (wsolevaluation's
+CUB metadata). Splits: ``train`` and ``test`` from ``train_test_split.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bgwsol.data.records import DatasetFormatError, Sample
+
+
+def _read_table(path: Path, ncols: int) -> dict[int, tuple[list[str], int]]:
+    """``{id: (fields, lineno)}`` of a whitespace table whose first column is an image id."""
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: missing")
+    out: dict[int, tuple[list[str], int]] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=ncols - 1) if ncols > 1 else line.split()
+        if len(parts) != ncols or not parts[0].isdigit():
+            raise DatasetFormatError(f"{path}:{lineno}: expected {ncols} fields starting with an id, got {line!r}")
+        key = int(parts[0])
+        if key in out:
+            raise DatasetFormatError(f"{path}:{lineno}: id {key} listed twice")
+        out[key] = (parts[1:], lineno)
+    return out
+
+
+def read_cub(root: str | Path, split: str) -> tuple[list[Sample], list[str]]:
+    """Samples of ``split`` (``"train"`` or ``"test"``) and class names (index = label - 1)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"CUB split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    classes_t = _read_table(root / "classes.txt", 2)
+    class_names = [classes_t[k][0][0] for k in sorted(classes_t)]
+    images = _read_table(root / "images.txt", 2)
+    labels = _read_table(root / "image_class_labels.txt", 2)
+    splits = _read_table(root / "train_test_split.txt", 2)
+    boxes = _read_table(root / "bounding_boxes.txt", 5)
+    want = 1 if split == "train" else 0
+    samples: list[Sample] = []
+    for image_id, (fields, lineno) in sorted(images.items()):
+        rel = fields[0]
+        for table, name in ((labels, "image_class_labels.txt"), (splits, "train_test_split.txt"),
+                            (boxes, "bounding_boxes.txt")):
+            if image_id not in table:
+                raise DatasetFormatError(f"{root / name}: no row for image {image_id} ({root / 'images.txt'}:{lineno})")
+        if int(splits[image_id][0][0]) != want:
+            continue
+        label_fields, label_line = labels[image_id]
+        label = int(label_fields[0]) - 1
+        if not 0 <= label < len(class_names):
+            raise DatasetFormatError(f"{root / 'image_class_labels.txt'}:{label_line}: class {label + 1} not in classes.txt")
+        box_fields, box_line = boxes[image_id]
+        try:
+            x, y, w, h = (float(v) for v in box_fields)
+        except ValueError:
+            raise DatasetFormatError(f"{root / 'bounding_boxes.txt'}:{box_line}: non-numeric box {box_fields}") from None
+        if w < 0 or h < 0:
+            raise DatasetFormatError(f"{root / 'bounding_boxes.txt'}:{box_line}: negative width or height")
+        path = root / "images" / rel
+        if not path.is_file():
+            raise DatasetFormatError(f"{root / 'images.txt'}:{lineno}: image {path} not found")
+        mask = root / "masks" / (os.path.splitext(rel)[0] + ".png")
+        samples.append(Sample(rel, path, label, np.array([[int(x), int(y), int(x + w), int(y + h)]], np.int64),
+                              mask_path=mask if mask.is_file() else None, source="cub"))
+    if not samples:
+        raise DatasetFormatError(f"{root}: no images in split {split!r}")
+    return samples, class_names

@@ -1,0 +1,9 @@
+"""WSOL methods: each turns network outputs into a dict of loss terms and a score map."""
+
+from bgwsol.methods.registry import METHODS, Method, build_method
+
+# importing the modules registers them
+from bgwsol.methods import cam as _cam  # noqa: F401
+from bgwsol.methods import bgwsol as _bgwsol  # noqa: F401
+
+__all__ = ["METHODS", "Method", "build_method"]
