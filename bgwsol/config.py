@@ -60,7 +60,7 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(12, "training epochs")
+    epochs: int = _f(8, "training epochs")
     batch_size: int = _f(32, "images per step (object + background)")
     lr: float = _f(0.05, "peak SGD learning rate (cosine schedule, linear warmup)")
     weight_decay: float = _f(1e-4, "SGD weight decay")

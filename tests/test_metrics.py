@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from bgwsol.metrics import BoxAccumulator, ClassificationAccumulator, PxAPAccumulator, cam_thresholds
+
+
+def square_map(size, box):
+    m = np.zeros((size, size), np.float32)
+    x0, y0, x1, y1 = box
+    m[y0:y1 + 1, x0:x1 + 1] = 1.0
+    return m
+
+
+def test_maxboxacc_hand_computed():
+    acc = BoxAccumulator(np.array([0.0, 0.5]), (50,), multi_contour=True)
+    gt = np.array([[2, 2, 9, 9]])
+    # map equal to the box region: its contour box is [2, 2, 10, 10] (x + w), IoU 64/81 = 0.79 at tau 0.5;
+    # at tau 0 every pixel with value > 0 is the same region, so both thresholds hit
+    acc.accumulate(square_map(16, (2, 2, 9, 9)), gt)
+    # a map far from the box: a miss at both thresholds
+    acc.accumulate(square_map(16, (12, 12, 14, 14)), gt)
+    assert acc.count == 2
+    assert acc.max_box_acc() == {50: 50.0}
+    np.testing.assert_array_equal(acc.correct, [[1, 1]])
+
+
+def test_top1_loc_needs_class_and_box():
+    acc = BoxAccumulator(np.array([0.5]), (50,))
+    gt = np.array([[2, 2, 9, 9]])
+    acc.accumulate(square_map(16, (2, 2, 9, 9)), gt, top1_correct=True)
+    acc.accumulate(square_map(16, (2, 2, 9, 9)), gt, top1_correct=False, top5_correct=True)
+    loc = acc.loc_at(0.5)
+    assert loc == {"gt_known_loc": 100.0, "top1_loc": 50.0, "top5_loc": 100.0}
+
+
+def test_merge_equals_single_pass():
+    rng = np.random.default_rng(0)
+    maps = [rng.random((20, 20)).astype(np.float32) for _ in range(6)]
+    gt = np.array([[3, 3, 15, 15]])
+    whole = BoxAccumulator(cam_thresholds(0.1))
+    a, b = BoxAccumulator(cam_thresholds(0.1)), BoxAccumulator(cam_thresholds(0.1))
+    for i, m in enumerate(maps):
+        whole.accumulate(m, gt)
+        (a if i % 2 else b).accumulate(m, gt)
+    merged = a.merge(b)
+    np.testing.assert_array_equal(merged.correct, whole.correct)
+    assert merged.count == 6
+
+
+def test_merge_refuses_other_thresholds():
+    with pytest.raises(ValueError):
+        BoxAccumulator(cam_thresholds(0.1)).merge(BoxAccumulator(cam_thresholds(0.2)))
+
+
+def test_pxap_perfect_and_inverted_maps():
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    perfect = PxAPAccumulator(cam_thresholds(0.1))
+    perfect.accumulate(mask.astype(np.float32), mask)
+    assert perfect.compute() == pytest.approx(100.0)
+    inverted = PxAPAccumulator(cam_thresholds(0.1))
+    inverted.accumulate((~mask).astype(np.float32), mask)
+    # precision is 0 until the last bin, where recall jumps to 1 at precision 16/64
+    assert inverted.compute() == pytest.approx(25.0)
+
+
+def test_pxap_without_positive_ground_truth_raises():
+    acc = PxAPAccumulator(cam_thresholds(0.1))
+    acc.accumulate(np.ones((4, 4), np.float32), np.zeros((4, 4), bool))
+    with pytest.raises(ValueError, match="no foreground"):
+        acc.compute()
+
+
+def test_classification_accumulator():
+    acc = ClassificationAccumulator()
+    logits = np.array([[3.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+    hit1, hit5 = acc.accumulate(logits, np.array([0, 1]))
+    assert hit1.tolist() == [True, False] and hit5.tolist() == [True, True]
+    assert acc.compute() == {"top1_cls": 50.0, "top5_cls": 100.0}

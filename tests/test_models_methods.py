@@ -1,0 +1,118 @@
+import math
+
+import pytest
+import torch
+
+from bgwsol.config import MethodConfig
+from bgwsol.methods import build_method
+from bgwsol.models import WSOLNet, build_backbone
+from bgwsol.models.backbones import load_local_weights
+
+
+@pytest.mark.parametrize("name, size, hw, channels", [
+    ("tiny", 64, 8, 256), ("resnet18", 64, 4, 512), ("resnet50", 64, 4, 2048), ("vgg16", 64, 4, 1024),
+    ("inception_v3", 160, 8, 1024),
+])
+def test_backbone_shapes(name, size, hw, channels):
+    bb = build_backbone(name)
+    net = WSOLNet(bb, num_classes=5, fg_head=True).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(2, 3, size, size))
+    assert bb.out_channels == channels
+    assert out["cams"].shape[:2] == (2, 5) and out["cams"].shape[2] == out["cams"].shape[3]
+    if name != "inception_v3":
+        assert out["cams"].shape[2:] == (hw, hw)
+    assert out["fg_logits"].shape == (2, 1, *out["cams"].shape[2:])
+    torch.testing.assert_close(out["logits"], out["cams"].mean(dim=(2, 3)))
+
+
+def test_local_weights_load_and_missing_file(tmp_path):
+    src = build_backbone("tiny")
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    dst = build_backbone("tiny", weights=tmp_path / "w.pth")
+    for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_local_weights(build_backbone("tiny"), tmp_path / "nope.pth")
+
+
+def test_unknown_backbone_lists_known():
+    with pytest.raises(ValueError, match="known"):
+        build_backbone("resnet1000")
+
+
+def outputs(b=4, k=3, h=4, fg=-20.0, logits=None):
+    cams = torch.zeros(b, k, h, h, requires_grad=True)
+    fg_logits = torch.full((b, 1, h, h), fg, requires_grad=True)
+    return {"cams": cams, "logits": cams.mean(dim=(2, 3)) if logits is None else logits, "fg_logits": fg_logits}
+
+
+def test_cam_ignores_background_images():
+    m = build_method(MethodConfig(name="cam"))
+    out = outputs()
+    terms = m.losses(out, torch.tensor([0, 1, -1, -1]), epoch=0)
+    # uniform logits over 3 classes on the two object images: CE = log 3
+    assert terms["cls"].item() == pytest.approx(math.log(3), rel=1e-5)
+    assert set(terms) == {"loss", "cls"}
+
+
+def test_bgwsol_terms_on_hand_made_inputs():
+    m = build_method(MethodConfig(name="bgwsol", mask_warmup_epochs=0))
+    labels = torch.tensor([0, 1, -1, -1])
+    # M = sigmoid(-20) ~ 0 everywhere, logits uniform: bg (BCE to 0 + KL to uniform) ~ 0, obj = BCE to 1 = 20
+    terms = m.losses(outputs(fg=-20.0), labels, epoch=0)
+    assert terms["bg"].item() == pytest.approx(0.0, abs=1e-6)
+    assert terms["obj"].item() == pytest.approx(20.0, rel=1e-4)
+    assert terms["area"].item() == pytest.approx(0.0, abs=1e-6)
+    assert {"loss", "cls", "bg", "obj", "fg_cls", "mask", "area"} <= set(terms)
+    # all-ones mask: obj ~ 0, area = 1, bg's BCE = 20
+    terms = m.losses(outputs(fg=20.0), labels, epoch=0)
+    assert terms["obj"].item() == pytest.approx(0.0, abs=1e-6)
+    assert terms["area"].item() == pytest.approx(1.0, abs=1e-6)
+    assert terms["bg"].item() == pytest.approx(20.0, rel=1e-4)
+
+
+def test_bgwsol_kl_to_uniform_penalizes_confident_background():
+    m = build_method(MethodConfig(name="bgwsol"))
+    labels = torch.tensor([0, -1])
+    confident = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
+    terms = m.losses(outputs(b=2, logits=confident), labels, epoch=0)
+    # KL(u || p) with p = softmax([10, 0, 0]): -mean(log p) - log 3
+    log_p = torch.log_softmax(confident[1], 0)
+    assert terms["bg"].item() == pytest.approx((-log_p.mean() - math.log(3)).item(), rel=1e-4)
+
+
+def test_mask_term_waits_for_warmup_and_matches_known_region():
+    m = build_method(MethodConfig(name="bgwsol", mask_warmup_epochs=2, mask_loss="mse"))
+    out = outputs(b=1, k=2, h=4)
+    region = torch.zeros(1, 2, 4, 4)
+    region[0, 0, 1:3, 1:3] = 5.0  # CAM of class 0 on a 2x2 region
+    fg = torch.full((1, 1, 4, 4), -10.0)
+    fg[0, 0, 1:3, 1:3] = 10.0  # M on the same region
+    out = {"cams": region, "logits": region.mean(dim=(2, 3)), "fg_logits": fg}
+    assert m.losses(out, torch.tensor([0]), epoch=0)["mask"].item() == 0.0
+    assert m.losses(out, torch.tensor([0]), epoch=2)["mask"].item() == pytest.approx(0.0, abs=1e-6)
+    fg2 = fg.clone()
+    fg2[0, 0] = torch.flip(fg[0, 0], dims=[0]) * 0 - 10.0
+    fg2[0, 0, 0, 0] = 10.0  # M elsewhere: the term is large
+    out["fg_logits"] = fg2
+    assert m.losses(out, torch.tensor([0]), epoch=2)["mask"].item() > 0.2
+
+
+def test_fg_grad_scale_zero_keeps_head_gradient_out_of_backbone():
+    torch.manual_seed(0)
+    net = WSOLNet(build_backbone("tiny"), 3, fg_head=True, fg_grad_scale=0.0)
+    out = net(torch.randn(2, 3, 32, 32))
+    out["fg_logits"].sum().backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.backbone.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.fg_head.parameters())
+
+
+def test_scoremaps_blend_and_range():
+    m = build_method(MethodConfig(name="bgwsol", alpha=1.0))
+    out = outputs(b=2, k=3, h=4)
+    out["fg_logits"] = torch.randn(2, 1, 4, 4)
+    maps = m.scoremaps(out, torch.tensor([0, 2]))
+    assert maps.shape == (2, 4, 4) and maps.min() >= 0 and maps.max() <= 1
+    flat = out["fg_logits"].flatten(1)
+    assert torch.equal(maps.flatten(1).argmax(1), flat.argmax(1))
