@@ -7,7 +7,7 @@ wsolevaluation's convention, which every metric here follows: a box covers pixel
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -56,16 +56,3 @@ def resize_boxes(boxes: np.ndarray, image_size: tuple[int, int], new_size: tuple
     nw, nh = map(float, new_size)
     scale = np.array([nw / w, nh / h, nw / w, nh / h])
     return np.trunc(boxes * scale).astype(np.int64)
-
-
-def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Clip ``(N, 4)`` inclusive-corner boxes to an image of ``width`` x ``height`` pixels."""
-    out = np.asarray(boxes, dtype=np.int64).copy().reshape(-1, 4)
-    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width - 1)
-    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height - 1)
-    return out
-
-
-def boxes_to_lists(boxes: Iterable[Sequence[float]]) -> list[list[int]]:
-    """JSON-friendly ``[[x0, y0, x1, y1], ...]`` with Python ints."""
-    return [[int(v) for v in box] for box in boxes]

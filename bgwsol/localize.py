@@ -209,12 +209,3 @@ def boxes_at_threshold(scoremap: np.ndarray, tau: float, multi_contour: bool = F
     u8 = to_uint8(scoremap)
     binary = (u8 > int(tau * float(u8.max()))).view(np.uint8)
     return traced_boxes(binary, multi_contour)
-
-
-def normalize_minmax(maps: np.ndarray) -> np.ndarray:
-    """Per-map min-max normalization of ``(..., H, W)`` to [0, 1]; a constant map becomes 0."""
-    maps = np.asarray(maps, dtype=np.float32)
-    lo = maps.min(axis=(-2, -1), keepdims=True)
-    hi = maps.max(axis=(-2, -1), keepdims=True)
-    span = hi - lo
-    return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1), 0).astype(np.float32)
