@@ -19,7 +19,8 @@ import yaml
 T = TypeVar("T")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse's name
+def option(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A dataclass field whose ``help`` becomes the text of its command-line flag."""
     if isinstance(default, (list, dict, tuple)) and not isinstance(default, tuple):
         return field(default_factory=lambda: default, metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
@@ -27,64 +28,64 @@ def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argpa
 
 @dataclass
 class DataConfig:
-    dataset: Literal["ilsvrc", "cub"] = _f("ilsvrc", "which layout to read under root")
-    root: str = _f("", "dataset root (ILSVRC: folder holding LOC_*.csv and Data/; CUB: CUB_200_2011/)")
-    background: str = _f("", "folder of background images (no target object); empty: none")
-    val_fraction: float = _f(0.15, "share of labelled train images held out as the validation split (chooses checkpoint and threshold)")
-    input_size: int = _f(112, "square network input in pixels (224 for the real backbones)")
-    bg_ratio: float = _f(0.25, "share of each training batch drawn from the background set (methods that use it)")
-    num_workers: int = _f(0, "DataLoader worker processes per training process")
+    dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "which layout to read under root")
+    root: str = option("", "dataset root (ILSVRC: folder holding LOC_*.csv and Data/; CUB: CUB_200_2011/)")
+    background: str = option("", "folder of background images (no target object); empty: none")
+    val_fraction: float = option(0.15, "share of labelled train images held out as the validation split (chooses checkpoint and threshold)")
+    input_size: int = option(112, "square network input in pixels (224 for the real backbones)")
+    bg_ratio: float = option(0.25, "share of each training batch drawn from the background set (methods that use it)")
+    num_workers: int = option(0, "DataLoader worker processes per training process")
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = _f("tiny", "resnet18 | resnet50 | vgg16 | inception_v3 | tiny")
-    weights: str = _f("", "local file with pretrained backbone weights (torchvision state dict); empty: random init")
-    fg_grad_scale: float = _f(0.1, "share of the foreground head's gradient that reaches the shared backbone")
+    backbone: str = option("tiny", "resnet18 | resnet50 | vgg16 | inception_v3 | tiny")
+    weights: str = option("", "local file with pretrained backbone weights (torchvision state dict); empty: random init")
+    fg_grad_scale: float = option(0.1, "share of the foreground head's gradient that reaches the shared backbone")
 
 
 @dataclass
 class MethodConfig:
-    name: str = _f("bgwsol", "cam | bgwsol")
-    lambda_bg: float = _f(1.0, "weight of the background term (mask -> 0, class -> uniform on background images)")
-    lambda_obj: float = _f(1.0, "weight of the object term (mask -> 1 on object images)")
-    lambda_fg: float = _f(0.5, "weight of the foreground-classification term CE(GAP(M*A))")
-    lambda_mask: float = _f(0.5, "weight of the CAM-to-mask supervision term")
-    lambda_area: float = _f(0.0, "weight of the area term mean(M)")
-    obj_loss: Literal["bce", "nnpu"] = _f("bce", "object term: plain BCE to 1, or non-negative PU risk")
-    class_prior: float = _f(0.3, "foreground share of object-image pixels (nnpu only)")
-    mask_loss: Literal["bce", "mse"] = _f("bce", "CAM-to-mask loss")
-    mask_warmup_epochs: int = _f(2, "epochs before the mask and fg_cls terms switch on")
-    alpha: float = _f(0.8, "inference map: alpha * minmax(M) + (1 - alpha) * minmax(CAM)")
+    name: str = option("bgwsol", "cam | bgwsol")
+    lambda_bg: float = option(1.0, "weight of the background term (mask -> 0, class -> uniform on background images)")
+    lambda_obj: float = option(1.0, "weight of the object term (mask -> 1 on object images)")
+    lambda_fg: float = option(0.5, "weight of the foreground-classification term CE(GAP(M*A))")
+    lambda_mask: float = option(0.5, "weight of the CAM-to-mask supervision term")
+    lambda_area: float = option(0.0, "weight of the area term mean(M)")
+    obj_loss: Literal["bce", "nnpu"] = option("bce", "object term: plain BCE to 1, or non-negative PU risk")
+    class_prior: float = option(0.3, "foreground share of object-image pixels (nnpu only)")
+    mask_loss: Literal["bce", "mse"] = option("bce", "CAM-to-mask loss")
+    mask_warmup_epochs: int = option(2, "epochs before the mask and fg_cls terms switch on")
+    alpha: float = option(0.8, "inference map: alpha * minmax(M) + (1 - alpha) * minmax(CAM)")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(8, "training epochs")
-    batch_size: int = _f(32, "images per step (object + background)")
-    lr: float = _f(0.05, "peak SGD learning rate (cosine schedule, linear warmup)")
-    weight_decay: float = _f(1e-4, "SGD weight decay")
-    momentum: float = _f(0.9, "SGD momentum")
-    warmup_epochs: float = _f(1.0, "linear learning-rate warmup, in epochs")
-    seed: int = _f(0, "seed for weights, sampling and augmentation")
-    eval_every: int = _f(1, "evaluate on validation every N epochs (and at the end)")
-    log_every: int = _f(20, "log loss terms every N steps")
+    epochs: int = option(8, "training epochs")
+    batch_size: int = option(32, "images per step (object + background)")
+    lr: float = option(0.05, "peak SGD learning rate (cosine schedule, linear warmup)")
+    weight_decay: float = option(1e-4, "SGD weight decay")
+    momentum: float = option(0.9, "SGD momentum")
+    warmup_epochs: float = option(1.0, "linear learning-rate warmup, in epochs")
+    seed: int = option(0, "seed for weights, sampling and augmentation")
+    eval_every: int = option(1, "evaluate on validation every N epochs (and at the end)")
+    log_every: int = option(20, "log loss terms every N steps")
 
 
 @dataclass
 class EvalConfig:
-    cam_curve_interval: float = _f(0.01, "threshold grid step for MaxBoxAcc (wsolevaluation: 0.001 for final numbers)")
-    iou_thresholds: tuple[int, ...] = _f((30, 50, 70), "IoU thresholds (percent) for MaxBoxAccV2")
-    multi_contour: bool = _f(True, "all contours (MaxBoxAccV2) or the largest one (MaxBoxAcc)")
-    scoremap_size: int = _f(224, "maps are upsampled to this square size before boxes are drawn")
-    select_metric: str = _f("top1_loc", "validation metric that picks the checkpoint (top1_loc needs both class and box)")
+    cam_curve_interval: float = option(0.01, "threshold grid step for MaxBoxAcc (wsolevaluation: 0.001 for final numbers)")
+    iou_thresholds: tuple[int, ...] = option((30, 50, 70), "IoU thresholds (percent) for MaxBoxAccV2")
+    multi_contour: bool = option(True, "all contours (MaxBoxAccV2) or the largest one (MaxBoxAcc)")
+    scoremap_size: int = option(224, "maps are upsampled to this square size before boxes are drawn")
+    select_metric: str = option("top1_loc", "validation metric that picks the checkpoint (top1_loc needs both class and box)")
 
 
 @dataclass
 class RunConfig:
     """Everything one training run needs; ``output_dir`` receives config, checkpoints and results."""
 
-    output_dir: str = _f("runs/default", "where this run writes config.yaml, checkpoints and results")
+    output_dir: str = option("runs/default", "where this run writes config.yaml, checkpoints and results")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)

@@ -29,6 +29,7 @@ class Sample:
         size: ``(width, height)`` of the original image in pixels.
         mask_path: ground-truth foreground mask (PNG, nonzero = object), if any.
         source: where the sample came from (``"ilsvrc"``, ``"cub"``, ``"background"``, a URL).
+        license: the image's license where known (crawled background images).
     """
 
     image_id: str
@@ -38,6 +39,7 @@ class Sample:
     size: tuple[int, int] = (0, 0)
     mask_path: Path | None = None
     source: str = ""
+    license: str = ""
 
     @property
     def is_background(self) -> bool:

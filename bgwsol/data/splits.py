@@ -51,22 +51,35 @@ class Splits:
     classes: list[str]
 
 
-def load_splits(dataset: str, root: str | Path, background: str | Path | None, val_fraction: float) -> Splits:
-    """Read a dataset in its own layout and carve the validation split from its train split."""
-    from bgwsol.data.background import read_background_folder
+def read_dataset(dataset: str, root: str | Path) -> tuple[list[Sample], list[Sample], list[str], list[str]]:
+    """``(train, test, classes, class_names)`` of a dataset in its own layout (``ilsvrc`` or ``cub``).
+
+    ``classes`` are what shards record per sample (ILSVRC wnids, CUB class folder names);
+    ``class_names`` are for people (ILSVRC descriptions).
+    """
     from bgwsol.data.cub import read_cub
-    from bgwsol.data.ilsvrc import read_ilsvrc
+    from bgwsol.data.ilsvrc import read_ilsvrc, read_synset_mapping
 
     if not root or not Path(root).exists():
         raise DatasetFormatError(f"dataset root {str(root)!r} does not exist")
     if dataset == "ilsvrc":
         train, classes = read_ilsvrc(root, "train")
         test, _ = read_ilsvrc(root, "test")
+        names = [desc or wnid for wnid, desc in read_synset_mapping(Path(root))]
     elif dataset == "cub":
         train, classes = read_cub(root, "train")
         test, _ = read_cub(root, "test")
+        names = list(classes)
     else:
         raise ValueError(f"unknown dataset {dataset!r} (ilsvrc | cub)")
+    return train, test, classes, names
+
+
+def load_splits(dataset: str, root: str | Path, background: str | Path | None, val_fraction: float) -> Splits:
+    """Read a dataset in its own layout and carve the validation split from its train split."""
+    from bgwsol.data.background import read_background_folder
+
+    train, test, classes, _names = read_dataset(dataset, root)
     train, val = hold_out(train, val_fraction)
     if not val:
         raise DatasetFormatError(f"{root}: no boxed train images to hold out as validation (val_fraction={val_fraction})")

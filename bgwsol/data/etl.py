@@ -1,0 +1,326 @@
+"""Ray Data ETL: reader samples -> decoded, validated, shrunk JPEGs -> WebDataset shards + manifest.
+
+Pipeline per split (streaming; one Ray task per shard, so memory is bounded by
+``shard size x concurrent tasks`` whatever the input size)::
+
+    listing (from the dataset's own index files, on the driver)
+      -> ray.data.from_arrow(one table per shard)     # the sample-to-shard assignment is fixed here
+      -> map_batches(process_rows)                    # read bytes, decode, validate, resize, encode
+      -> write_datasink(ShardDatasink)                # write_webdataset's datasink: <split>-%06d.tar
+
+Commit protocol: the old ``manifest.json`` is deleted first, shards are written, shards not in
+the new set are removed, ``rejects.jsonl`` is written, and ``manifest.json`` last. A run that
+dies midway leaves no manifest, and readers refuse the prefix.
+
+Samples go to shards by the SHA-1 of their key (so shards mix classes and a rerun gives the
+same assignment), rows inside a shard are sorted by key, and tar headers carry fixed
+mtimes/owners: the same input gives byte-identical shards and the same manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import tarfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from bgwsol.config import option
+from bgwsol.data.imageproc import RejectedImage, process_image
+from bgwsol.data.records import Sample
+from bgwsol.data.shardset import MANIFEST_NAME, REJECTS_NAME, FORMAT, ShardSet, manifest_bytes
+from bgwsol.data.storage import Location, check_access
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardConfig:
+    """Knobs of the ETL (written into the manifest)."""
+
+    max_short_side: int = option(320, "shrink images so the shorter side is at most this many pixels")
+    jpeg_quality: int = option(90, "JPEG quality of the re-encoded images")
+    shard_size_mb: float = option(512.0, "target shard size in MiB (0.5-1 GiB suits ILSVRC on S3)")
+    samples_per_shard: int = option(0, "fixed samples per shard; 0: derive from shard_size_mb")
+    val_fraction: float = option(0.15, "share of boxed train images held out as the validation split")
+    cpus_per_task: float = option(1.0, "Ray CPUs per ETL task (one task writes one shard)")
+
+    def __post_init__(self) -> None:
+        if self.max_short_side < 16:
+            raise ValueError(f"max_short_side must be >= 16, got {self.max_short_side}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if self.samples_per_shard < 0 or self.shard_size_mb <= 0:
+            raise ValueError("samples_per_shard must be >= 0 and shard_size_mb > 0")
+
+
+@dataclass
+class SplitListing:
+    """The rows of one split, ready for the ETL (see :func:`listing_rows`)."""
+
+    name: str
+    rows: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ listing
+
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def sample_key(image_id: str) -> str:
+    """A WebDataset key from an image id: extension dropped, ``/`` -> ``--``, other odd characters -> ``_``.
+
+    ``"train/n01440764/n01440764_10026.JPEG"`` -> ``"train--n01440764--n01440764_10026"``.
+    """
+    stem = image_id.rsplit(".", 1)[0] if "." in image_id.rsplit("/", 1)[-1] else image_id
+    return "--".join(_KEY_BAD.sub("_", part) for part in stem.split("/"))
+
+
+def listing_rows(samples: Iterable[Sample], classes: list[str]) -> list[dict]:
+    """One plain dict per sample (what the Ray tasks receive); keys must be unique."""
+    rows, seen = [], {}
+    for s in samples:
+        key = sample_key(s.image_id)
+        if key in seen:
+            raise ValueError(f"image ids {seen[key]!r} and {s.image_id!r} map to the same shard key {key!r}")
+        seen[key] = s.image_id
+        rows.append({
+            "__key__": key, "image_id": s.image_id, "path": str(s.path), "label": int(s.label),
+            "wnid": classes[s.label] if s.label >= 0 else "", "boxes": json.dumps(np.asarray(s.boxes).tolist()),
+            "mask_path": str(s.mask_path) if s.mask_path else "", "source": s.source,
+            "license": s.license,
+        })
+    return rows
+
+
+def assign_shards(rows: list[dict], per_shard: int) -> list[list[dict]]:
+    """Order rows by SHA-1 of their key and cut them into shards of ``per_shard`` (last one shorter)."""
+    ordered = sorted(rows, key=lambda r: hashlib.sha1(r["__key__"].encode()).hexdigest())
+    return [ordered[i:i + per_shard] for i in range(0, len(ordered), per_shard)]
+
+
+def read_source(path: str) -> bytes:
+    """Bytes of a source file: a local path or an ``s3://`` URL."""
+    if path.startswith("s3://"):
+        return Location.parse(path).read_bytes()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def per_shard_count(rows: list[dict], cfg: ShardConfig, probe: int = 16) -> int:
+    """Samples per shard: ``cfg.samples_per_shard``, or ``shard_size_mb`` over the mean size of
+    ``probe`` processed samples (the first ones in shard order, so the estimate is deterministic)."""
+    if cfg.samples_per_shard:
+        return cfg.samples_per_shard
+    sizes = []
+    for row in assign_shards(rows, len(rows) or 1)[0][:probe]:
+        try:
+            sizes.append(len(process_image(read_source(row["path"]), max_short_side=cfg.max_short_side,
+                                           jpeg_quality=cfg.jpeg_quality).jpeg) + 512)
+        except (RejectedImage, OSError):
+            continue
+    mean = float(np.mean(sizes)) if sizes else 100_000.0
+    return max(1, int(cfg.shard_size_mb * 2**20 / mean))
+
+
+# ------------------------------------------------------------------------------- the Ray task
+
+def process_rows(batch: pa.Table, cfg: ShardConfig) -> pa.Table:
+    """Ray Data ``map_batches`` function: listing rows -> sample members, rejects marked.
+
+    Output columns: ``__key__``, ``__shard__``, ``__reject__`` (empty when fine, else the
+    reason), ``__path__``, ``jpg`` (bytes), ``json`` (str), ``mask.png`` (bytes or null).
+    """
+    out: dict[str, list] = {k: [] for k in ("__key__", "__shard__", "__reject__", "__path__", "jpg", "json", "mask.png")}
+    for row in batch.to_pylist():
+        jpg = meta = mask = None
+        reason = ""
+        try:
+            data = read_source(row["path"])
+            mask_bytes = read_source(row["mask_path"]) if row["mask_path"] else None
+            res = process_image(data, np.asarray(json.loads(row["boxes"]), np.int64).reshape(-1, 4),
+                                max_short_side=cfg.max_short_side, jpeg_quality=cfg.jpeg_quality, mask=mask_bytes)
+            jpg, mask = res.jpeg, res.mask_png
+            meta = json.dumps({"label": row["label"], "wnid": row["wnid"], "boxes": res.boxes.tolist(),
+                               "size": list(res.size), "orig_size": list(res.orig_size), "image_id": row["image_id"],
+                               "source": row["source"], "license": row["license"]}, sort_keys=True)
+        except RejectedImage as exc:
+            reason = str(exc)
+        except OSError as exc:
+            reason = f"cannot read: {exc}"
+        out["__key__"].append(row["__key__"])
+        out["__shard__"].append(row["__shard__"])
+        out["__reject__"].append(reason)
+        out["__path__"].append(row["path"])
+        out["jpg"].append(jpg)
+        out["json"].append(meta)
+        out["mask.png"].append(mask)
+    return pa.table({
+        "__key__": pa.array(out["__key__"], pa.string()), "__shard__": pa.array(out["__shard__"], pa.int64()),
+        "__reject__": pa.array(out["__reject__"], pa.string()), "__path__": pa.array(out["__path__"], pa.string()),
+        "jpg": pa.array(out["jpg"], pa.binary()), "json": pa.array(out["json"], pa.string()),
+        "mask.png": pa.array(out["mask.png"], pa.binary()),
+    })
+
+
+class _HashingWriter:
+    """File-like wrapper that counts and SHA-256-hashes what passes through to ``raw``."""
+
+    def __init__(self, raw):
+        self.raw, self.sha, self.nbytes = raw, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.nbytes += len(data)
+        self.raw.write(data)
+        return len(data)
+
+
+def write_tar(rows: list[dict], fileobj) -> tuple[int, str]:
+    """Write ``rows`` (sorted by key) as one WebDataset tar; returns ``(bytes, sha256)``.
+
+    Headers carry mtime 0 and fixed owner names, so equal rows give identical bytes.
+    """
+    hw = _HashingWriter(fileobj)
+    with tarfile.open(fileobj=hw, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for row in sorted(rows, key=lambda r: r["__key__"]):
+            for ext in ("jpg", "json", "mask.png"):
+                value = row.get(ext)
+                if value is None:
+                    continue
+                data = value.encode() if isinstance(value, str) else value
+                info = tarfile.TarInfo(f"{row['__key__']}.{ext}")
+                info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "bgwsol", "bgwsol"
+                tar.addfile(info, io.BytesIO(data))
+    return hw.nbytes, hw.sha.hexdigest()
+
+
+def _shard_datasink_class():
+    # built lazily: importing ray.data at module import would be an import-time side effect
+    from ray.data._internal.datasource.webdataset_datasink import WebDatasetDatasink
+    from ray.data.block import BlockAccessor
+    from ray.data._internal.delegating_block_builder import DelegatingBlockBuilder
+
+    class ShardDatasink(WebDatasetDatasink):
+        """``write_webdataset``'s datasink, writing ``<split>-%06d.tar`` per listing shard.
+
+        Each write task returns, per shard it holds, ``{"name", "count", "bytes", "sha256",
+        "rejects": [{"key", "path", "reason"}]}``; :attr:`results` collects them on the driver.
+        """
+
+        def __init__(self, location: Location, split: str):
+            super().__init__(location.fs_path, encoder=None, filesystem=location.filesystem())
+            self.split = split
+            self.results: list[dict] = []
+
+        def write(self, blocks, ctx) -> list[dict]:
+            builder = DelegatingBlockBuilder()
+            for block in blocks:
+                builder.add_block(block)
+            rows = BlockAccessor.for_block(builder.build()).to_arrow().to_pylist()
+            by_shard: dict[int, list[dict]] = {}
+            for row in rows:
+                by_shard.setdefault(row["__shard__"], []).append(row)
+            results = []
+            for shard, shard_rows in sorted(by_shard.items()):
+                good = [r for r in shard_rows if not r["__reject__"]]
+                rejects = [{"key": r["__key__"], "path": r["__path__"], "reason": r["__reject__"]}
+                           for r in shard_rows if r["__reject__"]]
+                name = f"{self.split}-{shard:06d}.tar"
+                entry = {"name": name, "count": len(good), "rejects": rejects, "bytes": 0, "sha256": ""}
+                if good:
+                    path = f"{self.path}/{name}"
+                    with self.open_output_stream(path) as f:
+                        entry["bytes"], entry["sha256"] = write_tar(good, f)
+                results.append(entry)
+            return results
+
+        def on_write_complete(self, write_result) -> None:
+            self.results = [r for ret in write_result.write_returns if ret for r in ret]
+
+    return ShardDatasink
+
+
+def write_split(shards: list[list[dict]], location: Location, split: str, cfg: ShardConfig) -> list[dict]:
+    """Run the Ray Data pipeline over one split's shard lists; returns the per-shard results."""
+    import ray.data
+
+    tables = [pa.Table.from_pylist([{**r, "__shard__": i} for r in rows]) for i, rows in enumerate(shards)]
+    ds = ray.data.from_arrow(tables)
+    ds = ds.map_batches(process_rows, fn_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
+                        num_cpus=cfg.cpus_per_task)
+    sink = _shard_datasink_class()(location, split)
+    ds.write_datasink(sink)
+    names = [r["name"] for r in sink.results]
+    if len(names) != len(set(names)) or len(names) != len(shards):
+        raise RuntimeError(f"{location.url}: split {split!r} expected {len(shards)} shards, tasks returned "
+                           f"{sorted(Counter(names).items())}: a shard was split across tasks")
+    return sorted(sink.results, key=lambda r: r["name"])
+
+
+def code_version() -> str:
+    """``bgwsol <version>`` (the ETL code that made the shards)."""
+    from bgwsol import __version__
+
+    return f"bgwsol {__version__}"
+
+
+def dataset_listings(dataset: str, root: str, val_fraction: float) -> tuple[list[SplitListing], list[str], list[str]]:
+    """``train`` / ``val`` / ``test`` listings of a dataset in its own layout, plus wnids and class names.
+
+    Validation is carved from the labelled train images exactly as in local training
+    (:func:`bgwsol.data.splits.hold_out`), so a shard set and a folder give the same splits.
+    """
+    from bgwsol.data.splits import hold_out, read_dataset
+
+    train, test, classes, names = read_dataset(dataset, root)
+    train, val = hold_out(train, val_fraction)
+    return ([SplitListing("train", listing_rows(train, classes)), SplitListing("val", listing_rows(val, classes)),
+             SplitListing("test", listing_rows(test, classes))], classes, names)
+
+
+def write_shard_set(splits: list[SplitListing], url: str, *, dataset: str, classes: list[str],
+                    class_names: list[str] | None = None, cfg: ShardConfig | None = None) -> ShardSet:
+    """Shard every split of ``splits`` into ``url`` and commit the manifest; returns the opened set.
+
+    Rejected samples (unreadable, undecodable, boxes outside the image) are skipped, counted
+    per reason in the manifest and listed in ``rejects.jsonl``.
+    """
+    cfg = cfg or ShardConfig()
+    loc = check_access(url, writable=True)
+    loc.join(MANIFEST_NAME).delete()  # from now on the prefix is uncommitted
+    manifest: dict = {"format": FORMAT, "dataset": dataset, "classes": classes,
+                      "class_names": class_names or classes, "splits": {}, "etl": asdict(cfg),
+                      "code_version": code_version()}
+    rejects: list[dict] = []
+    for listing in splits:
+        if not listing.rows:
+            continue
+        per_shard = per_shard_count(listing.rows, cfg)
+        shards = assign_shards(listing.rows, per_shard)
+        log.info("%s: %d samples -> %d shards of <= %d", listing.name, len(listing.rows), len(shards), per_shard)
+        results = write_split(shards, loc, listing.name, cfg)
+        for r in results:
+            rejects += [{"split": listing.name, **x} for x in r["rejects"]]
+        kept = [{k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in results if r["count"]]
+        manifest["splits"][listing.name] = {"count": sum(r["count"] for r in kept), "shards": kept}
+    wanted = {s["name"] for sp in manifest["splits"].values() for s in sp["shards"]}
+    for name in loc.list_names():
+        if name.endswith(".tar") and name not in wanted:
+            loc.join(name).delete()  # leftovers of an earlier run with other settings
+    rejects.sort(key=lambda r: (r["split"], r["key"]))
+    loc.join(REJECTS_NAME).write_bytes("".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+    reasons = Counter(r["reason"].split(":")[0] for r in rejects)
+    manifest["rejects"] = {"count": len(rejects), "by_reason": dict(sorted(reasons.items())), "report": REJECTS_NAME}
+    loc.join(MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
+    if rejects:
+        log.warning("%d samples rejected (%s); details in %s", len(rejects),
+                    ", ".join(f"{k}: {v}" for k, v in reasons.items()), loc.join(REJECTS_NAME).url)
+    return ShardSet.open(loc.url)

@@ -1,0 +1,141 @@
+"""Decode, validate, shrink and re-encode one image, moving its boxes and mask with it.
+
+The ETL's per-image work (and the plain-loop reference its benchmark compares against).
+Boxes are ``(N, 4)`` inclusive pixel corners ``x0, y0, x1, y1``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+Image.MAX_IMAGE_PIXELS = 200_000_000  # refuse decompression bombs above ~200 MP, well above any photo
+
+
+class RejectedImage(ValueError):
+    """An image the ETL skips and reports (truncated, undecodable, empty, boxes outside it)."""
+
+
+@dataclass(frozen=True)
+class ProcessedImage:
+    """A re-encoded image.
+
+    Attributes:
+        jpeg: the JPEG bytes (RGB, shorter side at most the configured size).
+        size: ``(width, height)`` after resizing, pixels.
+        orig_size: ``(width, height)`` of the decoded original, pixels.
+        boxes: ``(N, 4)`` int64 inclusive corners in the resized image.
+        mask_png: the ground-truth mask resized with the image (PNG, 0/255), or None.
+    """
+
+    jpeg: bytes
+    size: tuple[int, int]
+    orig_size: tuple[int, int]
+    boxes: np.ndarray
+    mask_png: bytes | None
+
+
+def target_size(size: tuple[int, int], max_short_side: int) -> tuple[int, int]:
+    """``(w, h)`` scaled so the shorter side is at most ``max_short_side`` (never enlarged)."""
+    w, h = size
+    s = min(1.0, max_short_side / min(w, h)) if max_short_side > 0 else 1.0
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB view of any PIL mode: grayscale and CMYK converted, alpha composited over white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = arr.max() or 1.0
+        im = Image.fromarray((arr * (255.0 / top)).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def decode_rgb(data: bytes, max_short_side: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``data`` fully to RGB; returns ``(image, original (w, h))``.
+
+    JPEGs are decoded at a reduced DCT scale when that still leaves at least
+    ``max_short_side`` pixels (``Image.draft``), which is several times faster on large photos.
+    Raises RejectedImage on empty, truncated or undecodable data.
+    """
+    if not data:
+        raise RejectedImage("empty file")
+    try:
+        im = Image.open(io.BytesIO(data))
+        orig = im.size
+        if orig[0] < 1 or orig[1] < 1:
+            raise RejectedImage(f"image has size {orig}")
+        if im.format == "JPEG" and max_short_side > 0:
+            im.draft(im.mode if im.mode in ("RGB", "L") else None, target_size(orig, max_short_side))
+        im.load()
+    except RejectedImage:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise RejectedImage(f"cannot decode: {exc}") from None
+    return to_rgb(im), orig
+
+
+def scale_boxes(boxes: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+    """Map inclusive pixel boxes from an image of size ``src`` to one of size ``dst`` (both ``(w, h)``).
+
+    A box covering pixels ``[x0, x1]`` covers ``[x0 * s, (x1 + 1) * s)`` after scaling by ``s``;
+    the result is the pixels that interval touches, clipped to the image.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    sx, sy = dst[0] / src[0], dst[1] / src[1]
+    out = np.empty_like(boxes)
+    out[:, 0] = np.floor(boxes[:, 0] * sx)
+    out[:, 1] = np.floor(boxes[:, 1] * sy)
+    out[:, 2] = np.ceil((boxes[:, 2] + 1) * sx - 1e-9) - 1
+    out[:, 3] = np.ceil((boxes[:, 3] + 1) * sy - 1e-9) - 1
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, dst[0] - 1)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, dst[1] - 1)
+    out[:, 2] = np.maximum(out[:, 2], out[:, 0])
+    out[:, 3] = np.maximum(out[:, 3], out[:, 1])
+    return out.astype(np.int64)
+
+
+def process_image(data: bytes, boxes: np.ndarray | None = None, *, max_short_side: int = 320,
+                  jpeg_quality: int = 90, mask: bytes | None = None) -> ProcessedImage:
+    """Decode ``data``, shrink it so the shorter side is at most ``max_short_side``, re-encode JPEG.
+
+    ``boxes`` (inclusive corners in the original image) must lie inside the decoded image,
+    else RejectedImage: an annotation that does not fit its image is not silently clipped.
+    ``mask`` (PNG/any image bytes, nonzero = object) is resized with nearest neighbour.
+    """
+    im, orig = decode_rgb(data, max_short_side)
+    boxes = np.zeros((0, 4), np.int64) if boxes is None else np.asarray(boxes, np.int64).reshape(-1, 4)
+    if len(boxes) and (boxes[:, :2].min() < 0 or boxes[:, 2].max() >= orig[0] or boxes[:, 3].max() >= orig[1]
+                       or (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any()):
+        raise RejectedImage(f"box {boxes.tolist()} outside the {orig[0]}x{orig[1]} image")
+    size = target_size(orig, max_short_side)
+    if im.size != size:
+        im = im.resize(size, Image.BILINEAR, reducing_gap=None if im.size[0] < 2 * size[0] else 2.0)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=jpeg_quality)
+    mask_png = None
+    if mask is not None:
+        try:
+            m = Image.open(io.BytesIO(mask))
+            m.load()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise RejectedImage(f"cannot decode the mask: {exc}") from None
+        if m.size != orig:
+            raise RejectedImage(f"mask is {m.size[0]}x{m.size[1]} but the image is {orig[0]}x{orig[1]}")
+        m = Image.fromarray((np.asarray(m.convert("L")) > 0).astype(np.uint8) * 255).resize(size, Image.NEAREST)
+        mbuf = io.BytesIO()
+        m.save(mbuf, format="PNG", optimize=False)
+        mask_png = mbuf.getvalue()
+    return ProcessedImage(buf.getvalue(), size, orig, scale_boxes(boxes, orig, size) if len(boxes) else boxes,
+                          mask_png)
+

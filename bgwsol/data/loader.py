@@ -1,0 +1,249 @@
+"""Streaming loaders over a shard set, one per training worker (rank).
+
+- :class:`TrainStream`: resampled shards (every rank draws shards at random, seeded by
+  rank, DataLoader worker and epoch), a shuffle buffer, decode, augmentation that moves the
+  boxes with the pixels, and background samples mixed into each batch at a fixed count.
+  Every rank yields exactly ``steps_per_epoch`` batches, whatever the shard sizes, so DDP
+  never waits at the end of an epoch for a rank that ran out.
+- :class:`EvalStream`: no resampling; shards split across ranks (``split_by_node``) and
+  DataLoader workers (``split_by_worker``): every sample is visited exactly once overall.
+
+Corrupt samples (a member that does not decode, a broken tar) are skipped and counted: each
+batch carries ``"skipped"``, the number its worker dropped since its previous batch.
+Images come out as uint8 ``(B, 3, S, S)``; normalize on the device (:func:`normalize`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from bgwsol.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from bgwsol.data.imageproc import to_rgb
+from bgwsol.data.storage import register_webdataset_opener
+
+log = logging.getLogger(__name__)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> float, ImageNet-normalized (run it on the training device)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+@dataclass
+class DecodedSample:
+    """One shard sample: RGB image, label (-1 background), inclusive ``(N, 4)`` boxes in its pixels."""
+
+    key: str
+    image: Image.Image
+    label: int
+    boxes: np.ndarray
+    mask: Image.Image | None
+
+
+def decode_sample(raw: dict) -> DecodedSample:
+    """webdataset's raw dict (``__key__``, ``jpg``, ``json``, optional ``mask.png`` bytes) -> DecodedSample."""
+    meta = json.loads(raw["json"])
+    image = Image.open(io.BytesIO(raw["jpg"]))
+    image.load()
+    mask = None
+    if raw.get("mask.png") is not None:
+        mask = Image.open(io.BytesIO(raw["mask.png"]))
+        mask.load()
+    return DecodedSample(raw["__key__"], to_rgb(image), int(meta["label"]),
+                         np.asarray(meta["boxes"], np.int64).reshape(-1, 4), mask)
+
+
+def _rank_worker(rank: int, world_size: int) -> tuple[int, int, int, int]:
+    info = get_worker_info()
+    return rank, world_size, (info.id if info else 0), (info.num_workers if info else 1)
+
+
+class _SkipLog:
+    """wds handler: counts (and logs the first few) broken tars instead of raising."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, exc: Exception) -> bool:
+        self.count += 1
+        if self.count <= 5:
+            log.warning("skipping a corrupt shard member: %s", exc)
+        return True
+
+
+def _raw_samples(urls: list[str], *, resampled: bool, seed: int, shuffle_buffer: int, handler: _SkipLog,
+                 rank: int, world_size: int, worker: int, num_workers: int, epoch: int) -> Iterator[dict]:
+    import webdataset as wds
+
+    register_webdataset_opener()
+    if resampled:
+        base = seed * 1_000_003 + epoch * 10_007 + rank * 1000 + worker
+        shards = wds.ResampledShards(urls, seed=base, worker_seed=lambda: 0, deterministic=True)
+    else:
+        mine = urls[rank::world_size][worker::num_workers]
+        shards = [{"url": u} for u in mine]
+    stream = wds.tarfile_to_samples(handler=handler)(shards)
+    if shuffle_buffer > 1:
+        stream = wds.filters._shuffle(stream, bufsize=shuffle_buffer, initial=min(shuffle_buffer, 100),
+                                      rng=random.Random(seed * 7919 + epoch * 31 + rank * 1000 + worker))
+    return stream
+
+
+def box_train_transform(size: int) -> v2.Compose:
+    """Random resized crop + horizontal flip on PIL image and boxes together, then uint8 tensor."""
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.4, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                       v2.PILToTensor()])
+
+
+def apply_with_boxes(tf: v2.Compose, image: Image.Image, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``tf`` on image and inclusive pixel boxes; returns uint8 image and the surviving boxes
+    as inclusive int64 ``(M, 4)`` in the output's pixels (boxes cropped away entirely are dropped)."""
+    w, h = image.size
+    bb = tv_tensors.BoundingBoxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) + torch.tensor([0, 0, 1, 1]),
+                                  format="XYXY", canvas_size=(h, w))
+    out, bb = tf(image, bb)
+    oh, ow = out.shape[-2:]
+    b = bb.as_subclass(torch.Tensor)
+    b = torch.stack([b[:, 0].clamp(0, ow), b[:, 1].clamp(0, oh), b[:, 2].clamp(0, ow), b[:, 3].clamp(0, oh)], 1)
+    keep = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)
+    b = b[keep]
+    inclusive = torch.stack([b[:, 0].floor(), b[:, 1].floor(), b[:, 2].ceil() - 1, b[:, 3].ceil() - 1], 1)
+    return out, inclusive.to(torch.int64)
+
+
+class TrainStream(IterableDataset):
+    """Training batches for one rank: ``{"image": uint8 (B,3,S,S), "label": (B,), "boxes": [ (Mi,4) ],
+    "is_background": (B,) bool, "skipped": int}``.
+
+    Each batch holds ``batch_size - n_bg`` object samples and ``n_bg = round(batch_size *
+    bg_ratio)`` background samples (0 without a background set). Use it with
+    ``DataLoader(stream, batch_size=None, num_workers=k)``; call :meth:`set_epoch` before
+    each epoch (with workers, the DataLoader must be re-iterated, which it is per epoch).
+    """
+
+    def __init__(self, object_urls: list[str], background_urls: list[str] | None, *, batch_size: int,
+                 bg_ratio: float, steps_per_epoch: int, input_size: int, rank: int = 0, world_size: int = 1,
+                 shuffle_buffer: int = 1000, seed: int = 0):
+        super().__init__()
+        if not object_urls:
+            raise ValueError("no object shards")
+        self.object_urls, self.background_urls = list(object_urls), list(background_urls or [])
+        self.n_bg = int(round(batch_size * bg_ratio)) if self.background_urls else 0
+        self.n_obj = batch_size - self.n_bg
+        if self.n_obj <= 0:
+            raise ValueError(f"bg_ratio {bg_ratio} leaves no object sample in a batch of {batch_size}")
+        if steps_per_epoch <= 0:
+            raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+        self.steps_per_epoch, self.input_size = steps_per_epoch, input_size
+        self.rank, self.world_size, self.shuffle_buffer, self.seed = rank, world_size, shuffle_buffer, seed
+        self.epoch = 0
+
+    @staticmethod
+    def steps_for(num_samples: int, world_size: int, batch_size: int, bg_ratio: float, has_background: bool) -> int:
+        """Batches per rank per epoch so that the ranks together see about one pass over the objects."""
+        n_obj = batch_size - (int(round(batch_size * bg_ratio)) if has_background else 0)
+        return max(1, num_samples // (world_size * n_obj))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, world, worker, nworkers = _rank_worker(self.rank, self.world_size)
+        my_steps = self.steps_per_epoch // nworkers + (worker < self.steps_per_epoch % nworkers)
+        common = dict(resampled=True, shuffle_buffer=self.shuffle_buffer, rank=rank, world_size=world,
+                      worker=worker, num_workers=nworkers, epoch=self.epoch)
+        handler = _SkipLog()
+        objects = _raw_samples(self.object_urls, seed=self.seed, handler=handler, **common)
+        backgrounds = (_raw_samples(self.background_urls, seed=self.seed + 1, handler=handler, **common)
+                       if self.n_bg else iter(()))
+        tf = box_train_transform(self.input_size)
+        skipped_reported = 0
+        bad = 0
+        for _ in range(my_steps):
+            images, labels, boxes, is_bg = [], [], [], []
+            for stream, n, bg in ((objects, self.n_obj, False), (backgrounds, self.n_bg, True)):
+                got = 0
+                while got < n:
+                    raw = next(stream)
+                    try:
+                        s = decode_sample(raw)
+                    except Exception as exc:  # noqa: BLE001 - any undecodable member is skipped and counted
+                        bad += 1
+                        if bad <= 5:
+                            log.warning("skipping corrupt sample %s: %s", raw.get("__key__"), exc)
+                        continue
+                    img, b = apply_with_boxes(tf, s.image, s.boxes)
+                    images.append(img)
+                    labels.append(-1 if bg else s.label)
+                    boxes.append(b)
+                    is_bg.append(bg)
+                    got += 1
+            total_skipped = bad + handler.count
+            yield {"image": torch.stack(images), "label": torch.tensor(labels, dtype=torch.int64), "boxes": boxes,
+                   "is_background": torch.tensor(is_bg), "skipped": total_skipped - skipped_reported}
+            skipped_reported = total_skipped
+
+
+def collate_eval(samples: list[dict]) -> dict:
+    """Batch EvalStream samples: stack images and labels, keep keys, boxes, sizes and masks as lists."""
+    return {"image": torch.stack([s["image"] for s in samples]),
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+            "key": [s["key"] for s in samples], "boxes": [s["boxes"] for s in samples],
+            "size": [s["size"] for s in samples], "mask": [s["mask"] for s in samples],
+            "skipped": sum(s["skipped"] for s in samples)}
+
+
+class EvalStream(IterableDataset):
+    """Every sample of ``urls`` exactly once across ``world_size`` ranks and their DataLoader workers.
+
+    Yields ``{"key", "image": uint8 (3,S,S), "label", "boxes": inclusive (M,4) int64 in the
+    stored image's pixels, "size": stored (w, h), "mask": uint8 (S,S) or None, "skipped"}``
+    (boxes are not resized here: the evaluator maps them to its score-map size with
+    wsolevaluation's truncation); batch with ``collate_fn=collate_eval``. ``skipped`` counts
+    corrupt samples dropped just before this one.
+    """
+
+    def __init__(self, urls: list[str], *, input_size: int, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.urls, self.input_size, self.rank, self.world_size = list(urls), input_size, rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, world, worker, nworkers = _rank_worker(self.rank, self.world_size)
+        handler = _SkipLog()
+        stream = _raw_samples(self.urls, resampled=False, seed=0, shuffle_buffer=0, handler=handler, rank=rank,
+                              world_size=world, worker=worker, num_workers=nworkers, epoch=0)
+        tf = v2.Compose([v2.Resize((self.input_size, self.input_size), antialias=True), v2.PILToTensor()])
+        pending = 0
+        for raw in stream:
+            try:
+                s = decode_sample(raw)
+            except Exception as exc:  # noqa: BLE001 - skipped and counted
+                pending += 1
+                log.warning("skipping corrupt sample %s: %s", raw.get("__key__"), exc)
+                continue
+            mask = None
+            if s.mask is not None:
+                mask = torch.from_numpy(np.array(s.mask.convert("L").resize((self.input_size,) * 2, Image.NEAREST)))
+            yield {"key": s.key, "image": tf(s.image), "label": s.label, "boxes": s.boxes, "size": s.image.size,
+                   "mask": mask, "skipped": pending + handler.count}
+            pending, handler.count = 0, 0
+        if pending or handler.count:
+            log.warning("%d corrupt samples skipped at the end of rank %d worker %d's shards", pending + handler.count,
+                        rank, worker)

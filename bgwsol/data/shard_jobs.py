@@ -1,0 +1,110 @@
+"""The shard jobs behind ``flows/shard_*.py``: configs, Ray start-up, and a printed summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bgwsol.config import option
+from bgwsol.data.crawl import CrawlConfig
+from bgwsol.data.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
+from bgwsol.data.shardset import ShardSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayConfig:
+    address: str = option("", "Ray cluster address ('auto' on a cluster node, ray://host:10001); empty: "
+                              "RAY_ADDRESS if set, else a local Ray")
+    num_cpus: int = option(0, "CPUs of a local Ray (0: all of this machine)")
+
+
+@dataclass
+class DatasetShardJob:
+    """Shard ILSVRC or CUB (train, validation held out from train, test) into ``output``."""
+
+    dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "dataset layout under source")
+    source: str = option("", "dataset root (ILSVRC: folder with LOC_*.csv and Data/; CUB: CUB_200_2011/); "
+                             "empty: generate the synthetic dataset under data/synthetic")
+    output: str = option("data/shards/ilsvrc", "s3://bucket/prefix or a local folder for shards + manifest.json")
+    etl: ShardConfig = field(default_factory=ShardConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@dataclass
+class BackgroundShardJob:
+    """Shard a background set (a folder, or a URL list to crawl first) into ``output``."""
+
+    source: str = option("", "folder of background images, or a .txt/.csv URL list to crawl; "
+                             "empty: the synthetic background set under data/synthetic")
+    output: str = option("data/shards/background", "s3://bucket/prefix or a local folder")
+    cache_dir: str = option("data/crawl_cache", "where crawled images and the crawl index are kept")
+    etl: ShardConfig = field(default_factory=ShardConfig)
+    crawl: CrawlConfig = field(default_factory=CrawlConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Connect to the configured cluster, or start a local Ray (no-op if already connected)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=cfg.num_cpus or None)
+    log.info("Ray: %s CPUs", ray.cluster_resources().get("CPU", 0))
+
+
+def _synthetic():
+    from bgwsol.data.synthetic import SyntheticConfig, generate
+
+    return generate(Path("data/synthetic"), SyntheticConfig())
+
+
+def run_dataset_job(job: DatasetShardJob) -> ShardSet:
+    source = job.source or str(getattr(_synthetic(), job.dataset))
+    listings, classes, names = dataset_listings(job.dataset, source, job.etl.val_fraction)
+    init_ray(job.ray)
+    return write_shard_set(listings, job.output, dataset=job.dataset, classes=classes, class_names=names, cfg=job.etl)
+
+
+def run_background_job(job: BackgroundShardJob, show_progress: bool = True) -> ShardSet:
+    from bgwsol.data.background import read_background_folder
+    from bgwsol.data.crawl import crawl, read_url_list
+
+    source = job.source or str(_synthetic().background)
+    if Path(source).is_dir():
+        samples = read_background_folder(source)
+    else:
+        report = crawl(read_url_list(source), job.cache_dir, job.crawl, show_progress=show_progress)
+        if report.rejects:
+            log.warning("%d URLs rejected, e.g. %s", len(report.rejects),
+                        "; ".join(f"{r['url']}: {r['reason']}" for r in report.rejects[:3]))
+        samples = report.samples
+        if not samples:
+            raise RuntimeError(f"{source}: no URL gave a usable image ({len(report.rejects)} rejected)")
+    init_ray(job.ray)
+    listing = SplitListing("background", listing_rows(samples, classes=[]))
+    return write_shard_set([listing], job.output, dataset="background", classes=[], cfg=job.etl)
+
+
+def summary(shards: ShardSet) -> str:
+    """Human-readable lines: counts per split, shard count, rejects, and where the manifest is."""
+    m = shards.manifest
+    lines = [f"shard set {shards.location.url} ({m['dataset']}, {len(shards.classes)} classes, "
+             f"manifest sha256 {shards.digest[:12]})"]
+    for split in shards.splits:
+        sh = shards.shards(split)
+        lines.append(f"  {split:<10} {shards.count(split):>9} samples in {len(sh):>5} shards "
+                     f"({sum(s['bytes'] for s in sh) / 2**20:.1f} MiB)")
+    rej = m["rejects"]
+    lines.append(f"  rejected   {rej['count']:>9}" + (f"  ({', '.join(f'{k}: {v}' for k, v in rej['by_reason'].items())}; "
+                                                      f"see {shards.location.join(rej['report']).url})" if rej["count"] else ""))
+    return "\n".join(lines)
