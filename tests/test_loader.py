@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from bgwsol.data.etl import write_tar
-from bgwsol.data.loader import EvalStream, TrainStream, apply_with_boxes, box_train_transform, collate_eval, normalize
+from bgwsol.data.loader import CropFlip, EvalStream, TrainStream, collate_eval, normalize, pil_to_uint8
 from bgwsol.data.storage import Location
 
 
@@ -105,11 +105,11 @@ def test_augmentation_moves_boxes_with_the_pixels():
     torch.manual_seed(0)
     s = _sample("k", 0, size=(64, 48), box=(10, 8, 41, 33))
     image = Image.open(io.BytesIO(s["jpg"])).convert("RGB")
-    tf = box_train_transform(32)
+    crop_flip = CropFlip(32)
     inside_means, outside_means = [], []
     for _ in range(30):
-        out, boxes = apply_with_boxes(tf, image, np.array([[10, 8, 41, 33]]))
-        gray = out.float().mean(0)
+        out, boxes = crop_flip(image, np.array([[10, 8, 41, 33]]))
+        gray = pil_to_uint8(out).float().mean(0)
         if not len(boxes):
             continue
         x0, y0, x1, y1 = boxes[0].tolist()

@@ -26,8 +26,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from bgwsol.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from bgwsol.data.imageproc import to_rgb
@@ -103,26 +101,43 @@ def _raw_samples(urls: list[str], *, resampled: bool, seed: int, shuffle_buffer:
     return stream
 
 
-def box_train_transform(size: int) -> v2.Compose:
-    """Random resized crop + horizontal flip on PIL image and boxes together, then uint8 tensor."""
-    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.4, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                       v2.PILToTensor()])
+class CropFlip:
+    """Random resized crop to ``size`` x ``size`` plus a horizontal flip, on a PIL image and its boxes.
+
+    The crop is drawn by torchvision's ``RandomResizedCrop.get_params`` (scale ``scale``,
+    aspect ``3/4..4/3``) and done by PIL's ``resize(box=...)`` in one pass; boxes are moved
+    with plain arithmetic. About twice as fast as routing tv_tensors through ``v2.Compose``.
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.4, 1.0), flip_p: float = 0.5):
+        self.size, self.scale, self.flip_p = size, scale, flip_p
+
+    def __call__(self, image: Image.Image, boxes: np.ndarray) -> tuple[Image.Image, torch.Tensor]:
+        """Returns the ``size`` x ``size`` crop and the boxes that survive as inclusive int64 ``(M, 4)``."""
+        from torchvision.transforms import RandomResizedCrop
+
+        top, left, h, w = RandomResizedCrop.get_params(image, list(self.scale), [3 / 4, 4 / 3])
+        out = image.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + w, top + h))
+        flip = torch.rand(()) < self.flip_p
+        if flip:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        b = np.asarray(boxes, np.float64).reshape(-1, 4)
+        # pixel [x0, x1] covers [x0, x1 + 1) in continuous coordinates
+        sx, sy = self.size / w, self.size / h
+        x0 = ((b[:, 0] - left) * sx).clip(0, self.size)
+        x1 = ((b[:, 2] + 1 - left) * sx).clip(0, self.size)
+        y0 = ((b[:, 1] - top) * sy).clip(0, self.size)
+        y1 = ((b[:, 3] + 1 - top) * sy).clip(0, self.size)
+        if flip:
+            x0, x1 = self.size - x1, self.size - x0
+        keep = (x1 - x0 >= 1) & (y1 - y0 >= 1)
+        inc = np.stack([np.floor(x0), np.floor(y0), np.ceil(x1) - 1, np.ceil(y1) - 1], 1)[keep]
+        return out, torch.from_numpy(inc.astype(np.int64)).reshape(-1, 4)
 
 
-def apply_with_boxes(tf: v2.Compose, image: Image.Image, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``tf`` on image and inclusive pixel boxes; returns uint8 image and the surviving boxes
-    as inclusive int64 ``(M, 4)`` in the output's pixels (boxes cropped away entirely are dropped)."""
-    w, h = image.size
-    bb = tv_tensors.BoundingBoxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) + torch.tensor([0, 0, 1, 1]),
-                                  format="XYXY", canvas_size=(h, w))
-    out, bb = tf(image, bb)
-    oh, ow = out.shape[-2:]
-    b = bb.as_subclass(torch.Tensor)
-    b = torch.stack([b[:, 0].clamp(0, ow), b[:, 1].clamp(0, oh), b[:, 2].clamp(0, ow), b[:, 3].clamp(0, oh)], 1)
-    keep = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)
-    b = b[keep]
-    inclusive = torch.stack([b[:, 0].floor(), b[:, 1].floor(), b[:, 2].ceil() - 1, b[:, 3].ceil() - 1], 1)
-    return out, inclusive.to(torch.int64)
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 ``(3, H, W)`` tensor."""
+    return torch.from_numpy(np.asarray(image, np.uint8).copy()).permute(2, 0, 1)
 
 
 class TrainStream(IterableDataset):
@@ -173,11 +188,12 @@ class TrainStream(IterableDataset):
         objects = _raw_samples(self.object_urls, seed=self.seed, handler=handler, **common)
         backgrounds = (_raw_samples(self.background_urls, seed=self.seed + 1, handler=handler, **common)
                        if self.n_bg else iter(()))
-        tf = box_train_transform(self.input_size)
+        crop_flip = CropFlip(self.input_size)
         skipped_reported = 0
         bad = 0
         for _ in range(my_steps):
-            images, labels, boxes, is_bg = [], [], [], []
+            images = torch.empty((self.n_obj + self.n_bg, 3, self.input_size, self.input_size), dtype=torch.uint8)
+            labels, boxes, is_bg = [], [], []
             for stream, n, bg in ((objects, self.n_obj, False), (backgrounds, self.n_bg, True)):
                 got = 0
                 while got < n:
@@ -189,14 +205,14 @@ class TrainStream(IterableDataset):
                         if bad <= 5:
                             log.warning("skipping corrupt sample %s: %s", raw.get("__key__"), exc)
                         continue
-                    img, b = apply_with_boxes(tf, s.image, s.boxes)
-                    images.append(img)
+                    img, b = crop_flip(s.image, s.boxes)
+                    images[len(labels)].copy_(torch.from_numpy(np.asarray(img)).permute(2, 0, 1))
                     labels.append(-1 if bg else s.label)
                     boxes.append(b)
                     is_bg.append(bg)
                     got += 1
             total_skipped = bad + handler.count
-            yield {"image": torch.stack(images), "label": torch.tensor(labels, dtype=torch.int64), "boxes": boxes,
+            yield {"image": images, "label": torch.tensor(labels, dtype=torch.int64), "boxes": boxes,
                    "is_background": torch.tensor(is_bg), "skipped": total_skipped - skipped_reported}
             skipped_reported = total_skipped
 
@@ -229,7 +245,6 @@ class EvalStream(IterableDataset):
         handler = _SkipLog()
         stream = _raw_samples(self.urls, resampled=False, seed=0, shuffle_buffer=0, handler=handler, rank=rank,
                               world_size=world, worker=worker, num_workers=nworkers, epoch=0)
-        tf = v2.Compose([v2.Resize((self.input_size, self.input_size), antialias=True), v2.PILToTensor()])
         pending = 0
         for raw in stream:
             try:
@@ -241,7 +256,7 @@ class EvalStream(IterableDataset):
             mask = None
             if s.mask is not None:
                 mask = torch.from_numpy(np.array(s.mask.convert("L").resize((self.input_size,) * 2, Image.NEAREST)))
-            yield {"key": s.key, "image": tf(s.image), "label": s.label, "boxes": s.boxes, "size": s.image.size,
+            yield {"key": s.key, "image": pil_to_uint8(s.image.resize((self.input_size,) * 2, Image.BILINEAR)), "label": s.label, "boxes": s.boxes, "size": s.image.size,
                    "mask": mask, "skipped": pending + handler.count}
             pending, handler.count = 0, 0
         if pending or handler.count:
