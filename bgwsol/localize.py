@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from bgwsol.boxes import iou_matrix
-from bgwsol.level_components import euler_numbers, level_component_boxes
+from bgwsol.level_components import level_best_iou
 
 _EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)
 
@@ -173,25 +173,13 @@ def best_iou_per_threshold(
         best_per_level[~present] = iou_matrix(_EMPTY_BOX, gt_boxes).max()
     level_values = values[levels[present]]
     traced = np.flatnonzero(present)
-    if multi_contour:
-        euler = euler_numbers(u8)
-        # components - holes = euler >= 1 is needed for a level without holes
-        candidates = level_values[euler[level_values] >= 1]
-        if len(candidates):
-            want = np.zeros(257, dtype=np.bool_)
-            want[candidates] = True
-            count, start, comp = level_component_boxes(u8, want)
-            no_holes = want[level_values] & (count[level_values] == euler[level_values])
-            # levels without holes: the contours are exactly the components' outer borders
-            v = level_values[no_holes]
-            lens = count[v]
-            idx = np.repeat(start[v] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-            ext = comp[idx]
-            boxes = np.stack([ext[:, 0], ext[:, 1], np.minimum(ext[:, 2] + 1, width - 1),
-                              np.minimum(ext[:, 3] + 1, height - 1)], axis=1)
-            seg = np.repeat(np.flatnonzero(present)[no_holes], lens)
-            np.maximum.at(best_per_level, seg, iou_matrix(boxes, gt_boxes).max(axis=1))
-            traced = np.flatnonzero(present)[~no_holes]
+    if multi_contour and len(level_values):
+        # all contours of every level come from two union-find sweeps: nothing left to trace
+        want = np.zeros(257, dtype=np.bool_)
+        want[level_values] = True
+        _count, best = level_best_iou(u8, want, gt_boxes.astype(np.int64).reshape(-1, 4))
+        best_per_level[present] = best[level_values]
+        traced = traced[:0]
     row_peak, col_peak = u8.max(axis=1), u8.max(axis=0)
     for k in traced:
         v = values[levels[k]]

@@ -91,3 +91,15 @@ def test_invalid_scoremaps_name_the_image(bad, match):
     with pytest.raises(ScoremapError, match=match) as err:
         check_scoremap(bad, "val/img_7.JPEG")
     assert "val/img_7.JPEG" in str(err.value)
+
+
+def test_fast_path_scores_hole_contours():
+    """A ring around the ground truth: only the hole's contour box matches it exactly."""
+    m = np.zeros((30, 30), np.float32)
+    m[2:28, 2:28] = 1.0
+    m[8:20, 9:22] = 0.2  # hole x 9..21, y 8..19; border x 8..22, y 7..20; box (x, y, x + w, y + h)
+    gt = np.array([[8, 7, 23, 21]])
+    thr = np.arange(0, 1, 0.05)
+    fast = best_iou_per_threshold(m, gt, thr, True)
+    np.testing.assert_array_equal(fast, best_iou_per_threshold_reference(m, gt, thr, True))
+    assert fast[thr > 0.25].min() == 1.0 and fast[thr < 0.15].max() < 1.0
