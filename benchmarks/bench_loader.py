@@ -7,7 +7,7 @@ tensor conversion; TrainStream adds what training needs (resampled shards, shuff
 JSON metadata, boxes moved with the crop, flips, batching). Printed: images/s of each and
 the ratio.
 
-    python benchmarks/bench_loader.py --num-images 1000 --size 224
+    python benchmarks/bench_loader.py --num-images 1000 --count 5000 --size 224
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def ours(urls: list[str], size: int, limit: int, batch_size: int, workers: int) 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num-images", type=int, default=1000)
+    p.add_argument("--num-images", type=int, default=1000, help="distinct images in the shards")
+    p.add_argument("--count", type=int, default=5000,
+                   help="images pushed through each contender (several passes: TrainStream's 1000-deep "
+                        "shuffle buffer reads two samples per output while it fills, as at the start of any epoch)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="alternate the two contenders this many times")
@@ -71,11 +74,11 @@ def main() -> None:
         plain_loop(samples, shard_dir, ShardConfig(max_short_side=256), 250)
     urls = sorted(str(p) for p in shard_dir.glob("*.tar"))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.num_images} images "
-          f"(stored 341x256) -> {args.size}px crops, batch {args.batch_size}, 1 process")
+          f"(stored 341x256), {args.count} through each -> {args.size}px crops, batch {args.batch_size}, 1 process")
     ref_rates, our_rates = [], []
     for _ in range(args.repeats):
-        ref_rates.append(reference(urls, args.size, args.num_images))
-        our_rates.append(ours(urls, args.size, args.num_images, args.batch_size, 0))
+        ref_rates.append(reference(urls, args.size, args.count))
+        our_rates.append(ours(urls, args.size, args.count, args.batch_size, 0))
     ref, our = max(ref_rates), max(our_rates)
     print(f"plain PIL decode + RandomResizedCrop: {ref:7.1f} img/s (best of {args.repeats})")
     print(f"bgwsol TrainStream:                   {our:7.1f} img/s (best of {args.repeats})")

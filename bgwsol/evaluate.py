@@ -42,6 +42,8 @@ class SplitEvaluation:
         self.cls.merge(other.cls)
         if self.pxap is not None and other.pxap is not None:
             self.pxap.merge(other.pxap)
+        else:  # PxAP needs a mask for every image of the split
+            self.pxap = None
         return self
 
     def summary(self, taus: dict[int, float] | None = None) -> dict[str, float]:
@@ -68,31 +70,58 @@ def new_evaluation(cfg: EvalConfig, with_masks: bool) -> SplitEvaluation:
                            pxap=PxAPAccumulator(thr) if with_masks else None)
 
 
+def batch_targets(batch: dict, samples: list[Sample] | None, size: int):
+    """Per image of ``batch``: ``(image_id, gt boxes at size x size, bool mask or None)``.
+
+    Batches from :class:`~bgwsol.data.dataset.SampleDataset` carry ``index`` into ``samples``;
+    batches from the shard :class:`~bgwsol.data.loader.EvalStream` carry ``key``, ``boxes``,
+    ``size`` and ``mask`` themselves.
+    """
+    if "index" in batch:
+        for idx in np.asarray(batch["index"]):
+            s = samples[int(idx)]
+            mask = load_mask(s.mask_path, size) if s.mask_path is not None else None
+            yield s.image_id, resize_boxes(s.boxes, s.size, (size, size)), mask
+        return
+    for key, boxes, wh, mask in zip(batch["key"], batch["boxes"], batch["size"], batch["mask"]):
+        if mask is not None:
+            m = torch.as_tensor(mask)
+            if tuple(m.shape) != (size, size):
+                m = F.interpolate(m[None, None].float(), size=(size, size), mode="nearest")[0, 0]
+            mask = m.numpy() > 127
+        yield key, resize_boxes(np.asarray(boxes), tuple(wh), (size, size)), mask
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterable[dict], samples: list[Sample],
-             cfg: EvalConfig, device: torch.device | str = "cpu") -> dict[str, SplitEvaluation]:
-    """Score every sample of a split under each named map variant (``methods``).
+def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterable[dict],
+             samples: list[Sample] | None, cfg: EvalConfig, device: torch.device | str = "cpu",
+             preprocess=None) -> dict[str, SplitEvaluation]:
+    """Score every image of a split under each named map variant (``methods``).
 
     The map for each image uses its ground-truth class (GT-known, as wsolevaluation);
-    top-1/top-5 hits from the logits feed Top-k Loc. Returns one evaluation per variant.
+    top-1/top-5 hits from the logits feed Top-k Loc. PxAP is kept only if every image has a
+    mask. ``preprocess`` maps the batch's images on ``device`` before the model (e.g.
+    :func:`bgwsol.data.loader.normalize` for uint8 shard batches). Returns one evaluation per variant.
     """
     model.eval()
-    with_masks = all(s.mask_path is not None for s in samples)
-    evals = {name: new_evaluation(cfg, with_masks) for name in methods}
+    evals = {name: new_evaluation(cfg, True) for name in methods}
     size = cfg.scoremap_size
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
+        if preprocess is not None:
+            images = preprocess(images)
         labels = torch.as_tensor(batch["label"], device=device)
         outputs = model(images)
         logits = outputs["logits"].float().cpu().numpy()
         maps_np = {name: upsample_maps(m.scoremaps(outputs, labels), size).cpu().numpy() for name, m in methods.items()}
-        for name, ev in evals.items():
-            hit1, hit5 = ev.cls.accumulate(logits, labels.cpu().numpy())
-            for j, idx in enumerate(np.asarray(batch["index"])):
-                s = samples[int(idx)]
-                gt = resize_boxes(s.boxes, s.size, (size, size))
-                ev.boxes.accumulate(maps_np[name][j], gt, image_id=s.image_id,
+        hits = {name: ev.cls.accumulate(logits, labels.cpu().numpy()) for name, ev in evals.items()}
+        for j, (image_id, gt, mask) in enumerate(batch_targets(batch, samples, size)):
+            for name, ev in evals.items():
+                hit1, hit5 = hits[name]
+                ev.boxes.accumulate(maps_np[name][j], gt, image_id=image_id,
                                     top1_correct=bool(hit1[j]), top5_correct=bool(hit5[j]))
-                if ev.pxap is not None:
-                    ev.pxap.accumulate(maps_np[name][j], load_mask(s.mask_path, size), image_id=s.image_id)
+                if mask is None:
+                    ev.pxap = None
+                elif ev.pxap is not None:
+                    ev.pxap.accumulate(maps_np[name][j], mask, image_id=image_id)
     return evals
