@@ -31,6 +31,8 @@ class DataConfig:
     dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "which layout to read under root")
     root: str = option("", "dataset root (ILSVRC: folder holding LOC_*.csv and Data/; CUB: CUB_200_2011/)")
     background: str = option("", "folder of background images (no target object); empty: none")
+    shards: str = option("", "shard set (s3://bucket/prefix or folder with manifest.json) for Ray Train runs")
+    background_shards: str = option("", "background shard set for Ray Train runs of methods that use it")
     val_fraction: float = option(0.15, "share of labelled train images held out as the validation split (chooses checkpoint and threshold)")
     input_size: int = option(112, "square network input in pixels (224 for the real backbones)")
     bg_ratio: float = option(0.25, "share of each training batch drawn from the background set (methods that use it)")

@@ -125,3 +125,27 @@ def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterabl
                 elif ev.pxap is not None:
                     ev.pxap.accumulate(maps_np[name][j], mask, image_id=image_id)
     return evals
+
+
+@torch.no_grad()
+def overlay_grid(model: torch.nn.Module, methods: dict[str, Method], batch: dict, size: int, tau: float,
+                 device: torch.device | str = "cpu", preprocess=None, count: int = 8):
+    """A picture of the first ``count`` images of an evaluation batch: one row per map variant
+    in ``methods`` (heatmap, predicted boxes at ``tau`` in red, ground truth in green)."""
+    from bgwsol.localize import boxes_at_threshold
+    from bgwsol.viz import grid, overlay
+
+    model.eval()
+    images = batch["image"][:count].to(device)
+    labels = torch.as_tensor(batch["label"][:count], device=device)
+    outputs = model(preprocess(images) if preprocess is not None else images)
+    pixels = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    pixels = pixels.clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+    sub = {k: (v[:count] if isinstance(v, list) else v) for k, v in batch.items()}
+    targets = list(batch_targets(sub, None, size))
+    tiles = []
+    for m in methods.values():
+        maps = upsample_maps(m.scoremaps(outputs, labels), size).cpu().numpy()
+        for j, (_id, gt, _mask) in enumerate(targets):
+            tiles.append(overlay(pixels[j], maps[j], boxes_at_threshold(maps[j], tau), gt))
+    return grid(tiles, columns=len(targets))

@@ -14,7 +14,6 @@ checkpoint.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import tempfile
 import time
@@ -74,14 +73,17 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     from torch.utils.data import DataLoader
 
+    from bgwsol.config import flatten
     from bgwsol.data.loader import EvalStream, TrainStream, collate_eval, normalize
     from bgwsol.data.shardset import ShardSet
-    from bgwsol.evaluate import evaluate
+    from bgwsol.evaluate import evaluate, overlay_grid
     from bgwsol.methods import build_method
-    from bgwsol.train import build_model, cosine_with_warmup, make_optimizer, seed_everything
+    from bgwsol.tracking import RunLogger, TrackingConfig, git_state
+    from bgwsol.train import build_model, cosine_with_warmup, make_optimizer, map_variants, seed_everything
 
     cfg = from_dict(RunConfig, config["run"])
     cluster = from_dict(ClusterConfig, config["cluster"])
+    tracking = from_dict(TrackingConfig, config.get("tracking", {}))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cluster.cpus_per_worker)))
@@ -106,7 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
                                   background is not None)
     scheduler = cosine_with_warmup(optimizer, cfg.train.epochs * steps, int(cfg.train.warmup_epochs * steps))
 
-    start_epoch, best_score, history = 0, -1.0, []
+    start_epoch, best_score, history, mlflow_run_id = 0, -1.0, [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -119,6 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         start_epoch, best_score, history = state["epoch"] + 1, state["best_score"], state["history"]
+        mlflow_run_id = state.get("mlflow_run_id")
         log.info("rank %d resumes after epoch %d", rank, state["epoch"])
 
     stream = TrainStream(shards.urls("train"), background.urls("background") if background else None,
@@ -128,6 +131,14 @@ def train_loop_per_worker(config: dict) -> None:
     val_stream = EvalStream(shards.urls("val"), input_size=cfg.data.input_size, rank=rank, world_size=world)
     val_loader = DataLoader(val_stream, batch_size=64, collate_fn=collate_eval, num_workers=cluster.loader_workers)
 
+    logger = RunLogger(tracking, config.get("run_name", default_run_name(cfg)), run_id=mlflow_run_id,
+                       parent_run_id=config.get("parent_run_id"))
+    if rank == 0:
+        mlflow_run_id = logger.start(
+            params={**flatten(to_dict(cfg)), **{f"cluster.{k}": v for k, v in to_dict(cluster).items()}},
+            tags={**git_state(), "dataset_manifest_sha256": shards.digest, "dataset": shards.manifest["dataset"]})
+    variants = map_variants(method)
+    step = start_epoch * steps
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
         stream.set_epoch(epoch)
@@ -146,44 +157,65 @@ def train_loop_per_worker(config: dict) -> None:
             scheduler.step()
             seen += len(labels)
             skipped += int(batch["skipped"])
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            step += 1
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if rank == 0 and step % cfg.train.log_every == 0:
+                logger.log_metrics({**{f"step/{k}": v for k, v in values.items()},
+                                    "step/lr": scheduler.get_last_lr()[0]}, step)
         elapsed = time.perf_counter() - t0
         record: dict = {"epoch": epoch, "images_per_s": seen * world / elapsed, "skipped_samples": skipped,
                         "lr": scheduler.get_last_lr()[0], **{f"train_{k}": v / steps for k, v in sums.items()}}
+        picture = None
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             local = evaluate(core, {"main": method}, val_loader, None, cfg.eval, device, preprocess=normalize)["main"]
-            val = gather_evaluation(local).summary()
+            merged = gather_evaluation(local)
+            val = merged.summary()
             record.update({f"val_{k}": v for k, v in val.items()})
+            record.update({f"val_tau{iou}": tau for iou, tau in merged.boxes.best_thresholds().items()})
+            if rank == 0 and logger.enabled:
+                first = next(iter(DataLoader(EvalStream(shards.urls("val")[:1], input_size=cfg.data.input_size),
+                                             batch_size=8, collate_fn=collate_eval)))
+                picture = overlay_grid(core, variants, first, cfg.eval.scoremap_size, record.get("val_tau50", 0.5), device,
+                                       preprocess=normalize)
         history.append(record)
         score = record.get(f"val_{cfg.eval.select_metric}", -1.0)
         improved = score > best_score
         best_score = max(best_score, score)
         record["best_score"] = best_score
+        record["score"] = score
         if rank == 0:
             state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch, "rng": _rng_state(), "config": to_dict(cfg), "classes": shards.classes,
-                     "manifest": shards.digest, "best_score": best_score, "history": history, "improved": improved}
+                     "manifest": shards.digest, "best_score": best_score, "history": history, "improved": improved,
+                     "mlflow_run_id": mlflow_run_id}
+            logger.log_metrics({k: v for k, v in record.items() if k != "epoch"}, epoch)
             with tempfile.TemporaryDirectory() as d:
+                if picture is not None:
+                    picture.save(Path(d) / f"overlays_epoch{epoch:03d}.png")
+                    logger.log_artifact(Path(d) / f"overlays_epoch{epoch:03d}.png", "overlays")
                 torch.save(state, Path(d) / CHECKPOINT_FILE)
                 ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d))
             log.info("epoch %d/%d  loss %.3f  %.0f img/s  val %s %.1f", epoch + 1, cfg.train.epochs,
                      record.get("train_loss", float("nan")), record["images_per_s"], cfg.eval.select_metric, score)
         else:
             ray.train.report(record)
+    if rank == 0:
+        logger.end()
 
 
 def default_run_name(cfg: RunConfig) -> str:
     return f"{cfg.method.name}-{cfg.model.backbone}-seed{cfg.train.seed}"
 
 
-def fit(cfg: RunConfig, cluster: ClusterConfig, callbacks: list | None = None):
+def fit(cfg: RunConfig, cluster: ClusterConfig, tracking=None, callbacks: list | None = None,
+        parent_run_id: str | None = None):
     """Run (or resume) a TorchTrainer for ``cfg``; returns Ray Train's ``Result``.
 
     Checkpoints go to ``<storage_path>/<run_name>/``; keeps every epoch's checkpoint and the
     best by validation ``select_metric``.
     """
-    import pyarrow.fs  # noqa: F401  (ensures the S3 filesystem module is importable)
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -199,9 +231,31 @@ def fit(cfg: RunConfig, cluster: ClusterConfig, callbacks: list | None = None):
         callbacks=callbacks or [])
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": to_dict(cfg), "cluster": to_dict(cluster)},
+        train_loop_config={"run": to_dict(cfg), "cluster": to_dict(cluster), "run_name": name,
+                           "tracking": to_dict(tracking) if tracking is not None else {},
+                           "parent_run_id": parent_run_id},
         scaling_config=ray.train.ScalingConfig(num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
                                                resources_per_worker={"CPU": cluster.cpus_per_worker}),
         run_config=run_config)
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     return trainer.fit()
+
+
+def best_checkpoint(result) -> tuple[dict, dict]:
+    """``(state, metrics)`` of the reported checkpoint with the highest validation score."""
+    candidates = [(ckpt, m) for ckpt, m in (result.best_checkpoints or []) if m.get("score", -1) >= 0]
+    if not candidates:
+        raise RuntimeError(f"run {result.path}: no checkpoint with a validation score")
+    ckpt, metrics = max(candidates, key=lambda cm: cm[1]["score"])
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    return state, metrics
+
+
+def load_result(storage_path: str, run_name: str):
+    """The Ray Train ``Result`` of the run ``run_name`` under ``storage_path`` (local or ``s3://``)."""
+    import ray.train
+
+    from bgwsol.data.storage import Location
+
+    loc = Location.parse(storage_path).join(run_name)
+    return ray.train.Result.from_path(loc.fs_path, storage_filesystem=loc.filesystem())

@@ -54,6 +54,15 @@ def map_variants(method: Method) -> dict[str, Method]:
     return variants
 
 
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.SGD:
+    """Nesterov SGD; weight decay on weights only (not on biases and norm parameters)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    other = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                            {"params": other, "weight_decay": 0.0}],
+                           lr=cfg.train.lr, momentum=cfg.train.momentum, nesterov=True)
+
+
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -128,11 +137,7 @@ def train_and_evaluate(cfg: RunConfig, splits: Splits | None = None, *, show_pro
                               generator=torch.Generator().manual_seed(cfg.train.seed))
     val_loader = _eval_loader(splits.val, cfg)
 
-    params_decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    params_other = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD([{"params": params_decay, "weight_decay": cfg.train.weight_decay},
-                                 {"params": params_other, "weight_decay": 0.0}],
-                                lr=cfg.train.lr, momentum=cfg.train.momentum, nesterov=True)
+    optimizer = make_optimizer(model, cfg)
     steps_per_epoch = len(sampler)
     scheduler = cosine_with_warmup(optimizer, cfg.train.epochs * steps_per_epoch,
                                    int(cfg.train.warmup_epochs * steps_per_epoch))

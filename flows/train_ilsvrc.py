@@ -1,16 +1,18 @@
-"""Main job: train WSOL methods on ILSVRC (or the embedded synthetic ILSVRC) and print the test table.
+"""Main job: ILSVRC (or the embedded synthetic ILSVRC) -> shards -> Ray Train + Ray Tune -> MLflow -> test table.
 
-With no ``--data.root`` it first generates the synthetic dataset in the real ILSVRC layout
-(objects whose class is told only by a small mark, plus a background set), then trains
-each method with each seed, chooses checkpoint and thresholds on the validation split,
-reads the test split once, and prints one table. Every run writes its resolved
-``config.yaml``, checkpoints, ``history.jsonl`` (per-term losses), ``results.json`` and
-``overlays_test.png`` under ``--output_dir``.
+With no ``--source`` it generates the synthetic ILSVRC and background set, shards them with
+Ray Data into ``--shards_dir``, starts a local MLflow tracking server (unless
+``--tracking.tracking_uri`` or MLFLOW_TRACKING_URI names one), trains the CAM baseline as a
+2-worker Ray Train run, searches bgwsol's loss weights with Ray Tune (Optuna + ASHA, each
+trial a 2-worker Ray Train run), registers the best checkpoint as ``--model_name`` (alias
+``champion`` on improvement), reads the test split once and prints the table and the
+command that opens the MLflow UI.
 
-    python flows/train_ilsvrc.py                       # the embedded default
-    python flows/train_ilsvrc.py --seeds 0 1 2 --train.epochs 12
-    python flows/train_ilsvrc.py --data.root /data/ILSVRC --data.background /data/bg \\
-        --model.backbone resnet50 --data.input_size 224 --model.weights resnet50.pth
+    python flows/train_ilsvrc.py                                  # the embedded default
+    ray job submit --working-dir . -- python flows/train_ilsvrc.py --source /data/ILSVRC \\
+        --background /data/background --shards_dir s3://b/shards --cluster.storage_path s3://b/runs \\
+        --cluster.num_workers 8 --cluster.use_gpu --run.model.backbone resnet50 --run.data.input_size 224 \\
+        --tracking.tracking_uri http://mlflow:5000 --search.num_samples 32
 """
 
 from __future__ import annotations
@@ -19,46 +21,41 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-from bgwsol.config import RunConfig, add_config_args, config_from_args, replace
-from bgwsol.data.synthetic import SyntheticConfig, generate
+from bgwsol.config import add_config_args, config_from_args, replace
+from bgwsol.pipeline import PipelineConfig
 
-DEFAULTS = RunConfig(output_dir="outputs/train_ilsvrc")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=["cam", "bgwsol"], help="methods to train (default: cam bgwsol)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds per method (default: 0)")
-    p.add_argument("--synthetic-dir", type=Path, default=Path("data/synthetic"),
-                   help="where the synthetic dataset is generated when --data.root is empty (default: data/synthetic)")
-    p.add_argument("--synthetic-train-per-class", type=int, default=SyntheticConfig.train_per_class,
-                   help=f"synthetic train images per class (default: {SyntheticConfig.train_per_class})")
-    add_config_args(p, RunConfig, DEFAULTS)
-    return p
+# the embedded default: small enough for 2 CPU cores in under 15 minutes
+DEFAULTS = replace(PipelineConfig(), **{
+    "run.train.epochs": 6, "run.eval.cam_curve_interval": 0.01, "search.num_samples": 2, "search.grace_period": 3,
+    "cluster.num_workers": 2, "cluster.cpus_per_worker": 1.0, "etl.samples_per_shard": 128,
+})
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(RunConfig, args, DEFAULTS)
-    if not cfg.data.root:
-        syn = SyntheticConfig(train_per_class=args.synthetic_train_per_class)
-        paths = generate(args.synthetic_dir, syn)
-        cfg = replace(cfg, **{"data.root": str(paths.ilsvrc), "data.background": str(paths.background)})
-        logging.info("synthetic ILSVRC at %s, background set at %s", paths.ilsvrc, paths.background)
-    from bgwsol.compare import compare  # after logging is configured; pulls in torch
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, PipelineConfig, DEFAULTS)
+    cfg = config_from_args(PipelineConfig, parser.parse_args(argv), DEFAULTS)
+    from bgwsol.config import write_yaml
+    from bgwsol.pipeline import run_pipeline
 
+    write_yaml(cfg, f"{cfg.output_dir}/pipeline.yaml")
     t0 = time.time()
-    comparison = compare(cfg, args.methods, args.seeds)
-    out = Path(cfg.output_dir)
-    print(f"\nTest split, thresholds and checkpoints chosen on validation ({time.time() - t0:.0f} s):\n")
-    print(comparison.markdown())
-    print(f"\nOutputs: {out.resolve()}")
-    print(f"  table:    {out / 'comparison.md'}")
-    for method in args.methods:
-        print(f"  {method}: {out / f'{method}-seed{args.seeds[0]}'}/{{results.json,history.jsonl,overlays_test.png,config.yaml}}")
+    result = run_pipeline(cfg)
+    reg = result["registration"]
+    print(f"\nTest split, checkpoints and thresholds chosen on validation ({time.time() - t0:.0f} s):\n")
+    print(result["table"])
+    print(f"\nbest bgwsol weights: {result['best_params']}")
+    print(f"registered {reg.name} version {reg.version}" + (" -> alias champion" if reg.champion else
+                                                             " (champion unchanged: not better)"))
+    print(f"\nOutputs: {result['output_dir']}/{{comparison.md,results.json,pipeline.yaml}}")
+    if result["ui_command"]:
+        print(f"Browse the runs (then open http://127.0.0.1:5000):\n  {result['ui_command']}")
+    else:
+        print(f"Runs are in MLflow at {result['tracking_uri']}")
+    print(f"Localize with the champion:\n  MLFLOW_TRACKING_URI=<tracking uri> .venv/bin/bgwsol localize "
+          f"--model models:/{reg.name}@champion IMAGE...")
     return 0
 
 

@@ -1,6 +1,5 @@
 import logging
 import os
-import socket
 
 import pytest
 
@@ -8,10 +7,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bgwsol.mlflow_server import free_port  # noqa: E402,F401  (tests import it from here)
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +67,12 @@ def ray_local(s3_endpoint):
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (sqlite store, proxied local artifact store) on 127.0.0.1."""
+    from bgwsol.mlflow_server import start
+
+    with start(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server.url

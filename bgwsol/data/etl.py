@@ -290,18 +290,19 @@ def dataset_listings(dataset: str, root: str, val_fraction: float) -> tuple[list
 
 
 def write_shard_set(splits: list[SplitListing], url: str, *, dataset: str, classes: list[str],
-                    class_names: list[str] | None = None, cfg: ShardConfig | None = None) -> ShardSet:
+                    class_names: list[str] | None = None, cfg: ShardConfig | None = None, source: str = "") -> ShardSet:
     """Shard every split of ``splits`` into ``url`` and commit the manifest; returns the opened set.
 
     Rejected samples (unreadable, undecodable, boxes outside the image) are skipped, counted
-    per reason in the manifest and listed in ``rejects.jsonl``.
+    per reason in the manifest and listed in ``rejects.jsonl``. ``source`` (where the data came
+    from) is recorded in the manifest.
     """
     cfg = cfg or ShardConfig()
     loc = check_access(url, writable=True)
     loc.join(MANIFEST_NAME).delete()  # from now on the prefix is uncommitted
     manifest: dict = {"format": FORMAT, "dataset": dataset, "classes": classes,
                       "class_names": class_names or classes, "splits": {}, "etl": asdict(cfg),
-                      "code_version": code_version()}
+                      "code_version": code_version(), "source": source}
     rejects: list[dict] = []
     for listing in splits:
         if not listing.rows:

@@ -72,7 +72,8 @@ def run_dataset_job(job: DatasetShardJob) -> ShardSet:
     source = job.source or str(getattr(_synthetic(), job.dataset))
     listings, classes, names = dataset_listings(job.dataset, source, job.etl.val_fraction)
     init_ray(job.ray)
-    return write_shard_set(listings, job.output, dataset=job.dataset, classes=classes, class_names=names, cfg=job.etl)
+    return write_shard_set(listings, job.output, dataset=job.dataset, classes=classes, class_names=names, cfg=job.etl,
+                           source=str(Path(source).resolve()))
 
 
 def run_background_job(job: BackgroundShardJob, show_progress: bool = True) -> ShardSet:
@@ -92,7 +93,8 @@ def run_background_job(job: BackgroundShardJob, show_progress: bool = True) -> S
             raise RuntimeError(f"{source}: no URL gave a usable image ({len(report.rejects)} rejected)")
     init_ray(job.ray)
     listing = SplitListing("background", listing_rows(samples, classes=[]))
-    return write_shard_set([listing], job.output, dataset="background", classes=[], cfg=job.etl)
+    return write_shard_set([listing], job.output, dataset="background", classes=[], cfg=job.etl,
+                           source=str(Path(source).resolve()) if Path(source).exists() else source)
 
 
 def summary(shards: ShardSet) -> str:

@@ -1,0 +1,91 @@
+"""Start and stop a local MLflow tracking server (sqlite store + proxied local artifact store).
+
+Small-machine settings: one uvicorn worker and no job runner. The server runs in its own
+process group, so stopping it stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalMlflowServer:
+    """A running ``mlflow server``; ``url`` is its tracking URI. Use as a context manager or call :meth:`stop`."""
+
+    root: Path
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def backend_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    def ui_command(self) -> str:
+        """The command that serves the same store in a browser after this server is gone."""
+        return (f"{Path(sys.executable).parent / 'mlflow'} server --host 127.0.0.1 --port 5000 --workers 1 "
+                f"--backend-store-uri {self.backend_uri} --artifacts-destination {self.artifacts}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def __enter__(self) -> "LocalMlflowServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start(root: str | Path, port: int = 0, timeout_s: float = 120.0) -> LocalMlflowServer:
+    """Start ``mlflow server`` on 127.0.0.1 with its store under ``root``; waits until ``/health`` answers."""
+    import requests
+
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log_file = open(root / "server.log", "ab")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    server = LocalMlflowServer(root, port, proc)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}; see {root / 'server.log'}")
+        try:
+            if requests.get(f"{server.url}/health", timeout=1).ok:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"mlflow server did not answer on {server.url} within {timeout_s:.0f} s; see {root / 'server.log'}")

@@ -1,0 +1,128 @@
+"""Ray Tune over the loss weights, the map mix and the learning rate (Optuna search + ASHA).
+
+Train V2 style: each trial is a function that builds and fits its own ``TorchTrainer``
+(:func:`bgwsol.ray_train.fit`) with ``TuneReportCallback``, so every epoch's validation
+metrics reach Tune and ASHA can stop a weak trial early. The operating box threshold of
+each trial is chosen on validation (``val_tau50``, from the MaxBoxAcc sweep) and reported with
+it. Each trial logs a nested MLflow run under one parent run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from bgwsol.config import RunConfig, from_dict, option, replace, to_dict
+from bgwsol.ray_train import ClusterConfig, fit
+from bgwsol.tracking import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchConfig:
+    """Search space (log-uniform between the bounds unless said otherwise) and budget."""
+
+    num_samples: int = option(8, "trials")
+    max_concurrent: int = option(0, "trials at once; 0: as many as the cluster's CPUs fit")
+    metric: str = option("val_top1_loc", "metric the search optimizes (a key of the per-epoch report)")
+    mode: str = option("max", "max or min")
+    grace_period: int = option(1, "epochs before ASHA may stop a trial")
+    reduction_factor: int = option(2, "ASHA keeps the best 1/reduction_factor at each rung")
+    lambda_bg: tuple[float, ...] = option((0.1, 3.0), "bounds of the background-term weight")
+    lambda_mask: tuple[float, ...] = option((0.05, 2.0), "bounds of the CAM-to-mask weight")
+    lambda_fg: tuple[float, ...] = option((0.1, 2.0), "bounds of the foreground-classification weight")
+    lambda_area: tuple[float, ...] = option((0.0, 0.5), "bounds of the area weight (uniform)")
+    alpha: tuple[float, ...] = option((0.3, 1.0), "bounds of the map mix alpha (uniform)")
+    lr: tuple[float, ...] = option((0.01, 0.2), "bounds of the learning rate")
+    seed: int = option(0, "search seed")
+
+
+PARAMS = {"lambda_bg": "method.lambda_bg", "lambda_mask": "method.lambda_mask", "lambda_fg": "method.lambda_fg",
+          "lambda_area": "method.lambda_area", "alpha": "method.alpha", "lr": "train.lr"}
+
+
+def param_space(search: SearchConfig) -> dict:
+    from ray import tune
+
+    uniform = {"lambda_area", "alpha"}
+    return {k: (tune.uniform if k in uniform else tune.loguniform)(*getattr(search, k)) for k in PARAMS}
+
+
+def trial_config(base: RunConfig, params: dict) -> RunConfig:
+    """``base`` with the trial's sampled values."""
+    return replace(base, **{PARAMS[k]: float(v) for k, v in params.items() if k in PARAMS})
+
+
+def _trial(config: dict) -> None:
+    """One Tune trial: fit a TorchTrainer with the sampled weights; metrics flow to Tune per epoch."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    base = from_dict(RunConfig, config["base"])
+    cluster = from_dict(ClusterConfig, config["cluster"])
+    tracking = from_dict(TrackingConfig, config["tracking"])
+    cfg = trial_config(base, config)
+    trial_id = tune.get_context().get_trial_id()
+    cluster = replace(cluster, run_name=f"{config['tune_name']}-{trial_id}")
+    fit(cfg, cluster, tracking=tracking, callbacks=[TuneReportCallback()], parent_run_id=config.get("parent_run_id"))
+
+
+def concurrency(cluster: ClusterConfig, search: SearchConfig) -> int:
+    """Trials that fit the cluster at once: its CPUs over the CPUs one trial's workers reserve."""
+    import ray
+
+    if search.max_concurrent:
+        return search.max_concurrent
+    per_trial = cluster.num_workers * cluster.cpus_per_worker
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+
+
+@dataclass
+class TuneOutcome:
+    best_params: dict
+    best_metrics: dict
+    best_trial_run_name: str
+    num_trials: int
+    num_stopped_early: int
+    parent_run_id: str | None
+    results: list = field(default_factory=list)
+
+
+def run_search(base: RunConfig, cluster: ClusterConfig, tracking: TrackingConfig, search: SearchConfig,
+               name: str = "tune", points_to_evaluate: list[dict] | None = None) -> TuneOutcome:
+    """Optuna + ASHA over :data:`PARAMS`; returns the best trial (by ``search.metric`` at its best epoch).
+
+    ``points_to_evaluate`` (dicts over :data:`PARAMS`) are tried first, e.g. the defaults.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from bgwsol.data.storage import check_access
+    from bgwsol.tracking import RunLogger
+
+    parent = RunLogger(tracking, name)
+    parent_id = parent.start(params={f"search.{k}": v for k, v in to_dict(search).items()})
+    loc = check_access(cluster.storage_path, writable=True)
+    tuner = tune.Tuner(
+        tune.with_resources(_trial, {"CPU": 0}),
+        param_space={**param_space(search), "base": to_dict(base), "cluster": to_dict(cluster),
+                     "tracking": to_dict(tracking), "parent_run_id": parent_id, "tune_name": name},
+        tune_config=tune.TuneConfig(
+            metric=search.metric, mode=search.mode, num_samples=search.num_samples,
+            max_concurrent_trials=concurrency(cluster, search),
+            search_alg=OptunaSearch(points_to_evaluate=points_to_evaluate, seed=search.seed),
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.train.epochs,
+                                    grace_period=search.grace_period, reduction_factor=search.reduction_factor)),
+        run_config=tune.RunConfig(name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem()))
+    grid = tuner.fit()
+    best = grid.get_best_result(metric=search.metric, mode=search.mode, scope="all")
+    results = list(grid)
+    stopped = sum(1 for r in results if r.metrics and r.metrics.get("epoch", -1) + 1 < base.train.epochs)
+    params = {k: best.config[k] for k in PARAMS}
+    parent.log_metrics({f"best_{search.metric}": best.metrics.get(search.metric, float("nan"))}, 0)
+    parent.set_tags({f"best.{k}": v for k, v in params.items()})
+    parent.end()
+    return TuneOutcome(params, dict(best.metrics), f"{name}-{best.metrics.get('trial_id', '')}", len(results), stopped,
+                       parent_id, results)

@@ -1,0 +1,64 @@
+"""Ray Tune over bgwsol's loss weights, map mix and learning rate on a shard set; registers the best.
+
+Each trial is a 2-worker (``--cluster.num_workers``) Ray Train run; Optuna proposes, ASHA stops
+weak trials after ``--search.grace_period`` epochs. Every trial is a nested MLflow run under
+one parent run; the best trial's best checkpoint is registered as ``--model_name`` with its
+validation threshold, and ``champion`` moves to it only if it beats the current champion.
+
+    python flows/tune_ilsvrc.py --run.data.shards s3://b/shards/ilsvrc \\
+        --run.data.background_shards s3://b/shards/background --tracking.tracking_uri http://mlflow:5000 \\
+        --search.num_samples 32 --cluster.num_workers 4 --cluster.use_gpu --cluster.storage_path s3://b/runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from bgwsol.config import RunConfig, add_config_args, config_from_args, option
+from bgwsol.ray_train import ClusterConfig
+from bgwsol.tracking import TrackingConfig
+from bgwsol.tune import SearchConfig
+
+
+@dataclass
+class TuneJob:
+    model_name: str = option("bgwsol-ilsvrc", "registered model name")
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, TuneJob, TuneJob())
+    job = config_from_args(TuneJob, parser.parse_args(argv), TuneJob())
+    if not job.run.data.shards:
+        parser.error("--run.data.shards is required (shard a dataset with flows/shard_ilsvrc.py)")
+    from bgwsol.data.shard_jobs import RayConfig, init_ray
+    from bgwsol.ray_train import best_checkpoint, load_result
+    from bgwsol.registry import log_and_register
+    from bgwsol.tracking import resolve_uri
+    from bgwsol.tune import run_search
+
+    init_ray(RayConfig())
+    outcome = run_search(job.run, job.cluster, job.tracking, job.search, name="tune-bgwsol")
+    print(f"best trial {outcome.best_metrics['trial_id']}: {outcome.best_params}")
+    print(f"  {job.search.metric} = {outcome.best_metrics.get(job.search.metric)}; "
+          f"{outcome.num_stopped_early} of {outcome.num_trials} trials stopped early by ASHA")
+    if resolve_uri(job.tracking):
+        state, metrics = best_checkpoint(load_result(job.cluster.storage_path,
+                                                     f"tune-bgwsol-{outcome.best_metrics['trial_id']}"))
+        reg = log_and_register(state, tracking_uri=resolve_uri(job.tracking), run_id=state["mlflow_run_id"],
+                               name=job.model_name, metric=metrics["score"], tau=metrics.get("val_tau50", 0.5))
+        print(f"registered {reg.name} version {reg.version}" + (" (now champion)" if reg.champion else
+                                                                 " (champion unchanged: not better)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

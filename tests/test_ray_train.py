@@ -1,0 +1,194 @@
+"""Ray Train V2 on CPU: 2 DDP workers over shards, checkpoints, resume, a killed worker, MLflow logging."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bgwsol.config import RunConfig, replace
+from bgwsol.data.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
+from bgwsol.data.background import read_background_folder
+from bgwsol.ray_train import CHECKPOINT_FILE, ClusterConfig, fit
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def shard_sets(tiny_synthetic, ray_local, tmp_path_factory):
+    """Local shard sets of the tiny synthetic ILSVRC (uneven shards) and its background set."""
+    paths, _ = tiny_synthetic
+    root = tmp_path_factory.mktemp("shards")
+    cfg = ShardConfig(max_short_side=40, samples_per_shard=9)
+    listings, classes, names = dataset_listings("ilsvrc", paths.ilsvrc, 0.3)
+    write_shard_set(listings, root / "ilsvrc", dataset="ilsvrc", classes=classes, class_names=names, cfg=cfg)
+    bg = [SplitListing("background", listing_rows(read_background_folder(paths.background), []))]
+    write_shard_set(bg, root / "bg", dataset="background", classes=[], cfg=cfg)
+    return str(root / "ilsvrc"), str(root / "bg")
+
+
+def tiny_config(shard_sets, method: str = "bgwsol", epochs: int = 2) -> RunConfig:
+    return replace(RunConfig(), **{
+        "data.shards": shard_sets[0], "data.background_shards": shard_sets[1], "data.input_size": 32,
+        "data.bg_ratio": 0.25, "method.name": method, "method.mask_warmup_epochs": 0, "train.epochs": epochs,
+        "train.batch_size": 8, "train.log_every": 2, "model.backbone": "tiny", "eval.scoremap_size": 32,
+        "eval.cam_curve_interval": 0.05})
+
+
+def load_state(result) -> dict:
+    with result.checkpoint.as_directory() as d:
+        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+
+def test_two_workers_train_evaluate_and_checkpoint(shard_sets, tmp_path):
+    cfg = tiny_config(shard_sets)
+    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="two")
+    result = fit(cfg, cluster)
+    assert result.error is None
+    m = result.metrics
+    assert m["epoch"] == 1 and 0 <= m["val_maxboxacc_v2"] <= 100 and m["val_num_images"] > 0
+    assert {"train_cls", "train_bg", "train_obj", "train_mask"} <= set(m)
+    state = load_state(result)
+    assert state["epoch"] == 1 and len(state["history"]) == 2 and state["config"]["method"]["name"] == "bgwsol"
+    assert {"model", "optimizer", "scheduler", "rng", "manifest"} <= set(state)
+    # validation was evaluated across both ranks: every val sample counted once
+    from bgwsol.data.shardset import ShardSet
+
+    assert m["val_num_images"] == ShardSet.open(shard_sets[0]).count("val")
+
+
+def test_rerun_with_the_same_name_continues(shard_sets, tmp_path):
+    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="cont")
+    first = fit(tiny_config(shard_sets, "cam", epochs=1), cluster)
+    before = load_state(first)
+    second = fit(tiny_config(shard_sets, "cam", epochs=3), cluster)
+    after = load_state(second)
+    assert after["epoch"] == 2 and len(after["history"]) == 3
+    assert after["history"][0] == before["history"][0]  # epoch 0 was not trained again
+
+
+def _train_worker_pids() -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().decode(errors="ignore")
+            except OSError:
+                continue
+            if cmd.startswith("ray::RayTrainWorker"):
+                pids.append(int(d))
+    return sorted(pids)
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(shard_sets, tmp_path):
+    storage = tmp_path / "runs"
+    cluster = ClusterConfig(num_workers=2, storage_path=str(storage), run_name="killed", max_failures=2)
+    cfg = tiny_config(shard_sets, "cam", epochs=4)
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.setdefault("result", fit(cfg, cluster)))
+    thread.start()
+    killed = None
+    deadline = time.time() + 600
+    while time.time() < deadline and thread.is_alive():
+        if list(storage.glob("killed/checkpoint_*")) and _train_worker_pids():
+            killed = _train_worker_pids()[-1]
+            os.kill(killed, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    thread.join(900)
+    assert killed is not None, "no checkpoint appeared before training ended"
+    result = out["result"]
+    assert result.error is None
+    state = load_state(result)
+    assert state["epoch"] == 3
+    assert [h["epoch"] for h in state["history"]] == [0, 1, 2, 3]  # each epoch once, resumed, not restarted
+
+
+@pytest.mark.mlflow
+def test_rank0_logs_to_a_real_mlflow_server(shard_sets, tmp_path, mlflow_server):
+    from mlflow import MlflowClient
+
+    from bgwsol.tracking import TrackingConfig
+
+    tracking = TrackingConfig(tracking_uri=mlflow_server, experiment="test-ray-train")
+    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="tracked")
+    result = fit(tiny_config(shard_sets, epochs=2), cluster, tracking=tracking)
+    run_id = load_state(result)["mlflow_run_id"]
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
+    assert run.data.params["method.name"] == "bgwsol" and run.data.params["cluster.num_workers"] == "2"
+    assert len(run.data.tags["git_sha"]) in (7, 40) or run.data.tags["git_sha"] == "unknown"
+    assert run.data.tags["dataset_manifest_sha256"] == load_state(result)["manifest"]
+    history = client.get_metric_history(run_id, "val_maxboxacc_v2")
+    assert [m.step for m in history] == [0, 1]
+    for term in ("step/cls", "step/bg", "step/obj", "step/mask", "step/lr"):
+        assert client.get_metric_history(run_id, term), term
+    pictures = [f.path for f in client.list_artifacts(run_id, "overlays")]
+    assert pictures == ["overlays/overlays_epoch000.png", "overlays/overlays_epoch001.png"]
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # only rank 0 logged
+
+
+@pytest.mark.mlflow
+def test_registry_alias_moves_only_on_improvement_and_localize_uses_it(shard_sets, tmp_path, mlflow_server,
+                                                                       tiny_synthetic, capsys):
+    from mlflow import MlflowClient
+
+    from bgwsol.cli import main as cli_main
+    from bgwsol.ray_train import best_checkpoint
+    from bgwsol.registry import log_and_register
+    from bgwsol.tracking import TrackingConfig
+
+    tracking = TrackingConfig(tracking_uri=mlflow_server, experiment="test-registry")
+    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="reg")
+    result = fit(tiny_config(shard_sets, epochs=1), cluster, tracking=tracking)
+    state, metrics = best_checkpoint(result)
+    kw = dict(tracking_uri=mlflow_server, run_id=state["mlflow_run_id"], name="bgwsol-test", tau=metrics["val_tau50"])
+    v1 = log_and_register(state, metric=50.0, **kw)
+    v2 = log_and_register(state, metric=40.0, **kw)
+    client = MlflowClient(mlflow_server)
+    assert (v1.champion, v2.champion) == (True, False)
+    assert client.get_model_version_by_alias("bgwsol-test", "champion").version == str(v1.version)
+    v3 = log_and_register(state, metric=60.0, **kw)
+    assert v3.champion and client.get_model_version_by_alias("bgwsol-test", "champion").version == str(v3.version)
+
+    paths, _ = tiny_synthetic
+    image = sorted((paths.ilsvrc / "Data/CLS-LOC/val").glob("*.JPEG"))[0]
+    rc = cli_main(["localize", "--model", "models:/bgwsol-test@champion", "--tracking-uri", mlflow_server,
+                   "--out", str(tmp_path / "loc"), str(image), str(tmp_path / "missing.jpg")])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "missing.jpg: cannot read image" in err
+    fields = out.strip().split("\t")
+    assert fields[0] == str(image) and fields[2].startswith("class ") and fields[3].startswith("score ")
+    assert (tmp_path / "loc" / f"{image.stem}_localized.png").is_file()
+
+
+@pytest.mark.mlflow
+def test_tune_runs_three_trials_and_asha_stops_the_weak_one(shard_sets, tmp_path, mlflow_server):
+    from mlflow import MlflowClient
+
+    from bgwsol.tracking import TrackingConfig
+    from bgwsol.tune import SearchConfig, run_search
+
+    base = tiny_config(shard_sets, "bgwsol", epochs=3)
+    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "tune"), max_failures=0)
+    tracking = TrackingConfig(tracking_uri=mlflow_server, experiment="test-tune")
+    # training loss is the metric here because it orders the trials for sure on tiny data:
+    # a learning rate of 1e-7 cannot lower it in one epoch, 0.05 does
+    search = SearchConfig(num_samples=3, max_concurrent=1, metric="train_loss", mode="min", grace_period=1,
+                          reduction_factor=2)
+    good = {"lambda_bg": 1.0, "lambda_mask": 0.5, "lambda_fg": 0.5, "lambda_area": 0.0, "alpha": 0.8, "lr": 0.05}
+    points = [good, {**good, "lr": 0.08}, {**good, "lr": 1e-7}]
+    outcome = run_search(base, cluster, tracking, search, name="t3", points_to_evaluate=points)
+    assert outcome.num_trials == 3
+    epochs_run = sorted(r.metrics["epoch"] + 1 for r in outcome.results)
+    assert epochs_run[0] < 3 and epochs_run[-1] == 3  # one trial stopped early, the best ran to the end
+    assert outcome.best_params["lr"] in (0.05, 0.08)
+    assert "val_tau50" in outcome.best_metrics
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("test-tune")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
+    assert len(children) == 3
