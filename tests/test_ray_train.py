@@ -161,7 +161,9 @@ def test_registry_alias_moves_only_on_improvement_and_localize_uses_it(shard_set
                    "--out", str(tmp_path / "loc"), str(image), str(tmp_path / "missing.jpg")])
     out, err = capsys.readouterr()
     assert rc == 1 and "missing.jpg: cannot read image" in err
-    fields = out.strip().split("\t")
+    lines = [ln for ln in out.splitlines() if ln.startswith(str(image))]
+    assert len(lines) == 1, out
+    fields = lines[0].split("\t")
     assert fields[0] == str(image) and fields[2].startswith("class ") and fields[3].startswith("score ")
     assert (tmp_path / "loc" / f"{image.stem}_localized.png").is_file()
 
