@@ -54,18 +54,16 @@ def trial_config(base: RunConfig, params: dict) -> RunConfig:
     return replace(base, **{PARAMS[k]: float(v) for k, v in params.items() if k in PARAMS})
 
 
-def _trial(config: dict) -> None:
+def _trial(config: dict, *, base: dict, cluster: dict, tracking: dict, parent_run_id: str | None, tune_name: str) -> None:
     """One Tune trial: fit a TorchTrainer with the sampled weights; metrics flow to Tune per epoch."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    base = from_dict(RunConfig, config["base"])
-    cluster = from_dict(ClusterConfig, config["cluster"])
-    tracking = from_dict(TrackingConfig, config["tracking"])
-    cfg = trial_config(base, config)
+    cfg = trial_config(from_dict(RunConfig, base), config)
     trial_id = tune.get_context().get_trial_id()
-    cluster = replace(cluster, run_name=f"{config['tune_name']}-{trial_id}")
-    fit(cfg, cluster, tracking=tracking, callbacks=[TuneReportCallback()], parent_run_id=config.get("parent_run_id"))
+    run_cluster = replace(from_dict(ClusterConfig, cluster), run_name=f"{tune_name}-{trial_id}")
+    fit(cfg, run_cluster, tracking=from_dict(TrackingConfig, tracking), callbacks=[TuneReportCallback()],
+        parent_run_id=parent_run_id)
 
 
 def concurrency(cluster: ClusterConfig, search: SearchConfig) -> int:
@@ -106,9 +104,11 @@ def run_search(base: RunConfig, cluster: ClusterConfig, tracking: TrackingConfig
     parent_id = parent.start(params={f"search.{k}": v for k, v in to_dict(search).items()})
     loc = check_access(cluster.storage_path, writable=True)
     tuner = tune.Tuner(
-        tune.with_resources(_trial, {"CPU": 0}),
-        param_space={**param_space(search), "base": to_dict(base), "cluster": to_dict(cluster),
-                     "tracking": to_dict(tracking), "parent_run_id": parent_id, "tune_name": name},
+        tune.with_resources(  # the trial only drives its TorchTrainer, whose workers hold the CPUs
+            tune.with_parameters(_trial, base=to_dict(base), cluster=to_dict(cluster), tracking=to_dict(tracking),
+                                 parent_run_id=parent_id, tune_name=name),
+            {"CPU": 0, "memory": 1}),
+        param_space=param_space(search),
         tune_config=tune.TuneConfig(
             metric=search.metric, mode=search.mode, num_samples=search.num_samples,
             max_concurrent_trials=concurrency(cluster, search),

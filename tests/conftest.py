@@ -58,10 +58,14 @@ def bucket(s3_endpoint, request):
 
 @pytest.fixture(scope="session")
 def ray_local(s3_endpoint):
-    """A local Ray with 2 CPUs, shared by the whole session."""
+    """A local Ray with 2 CPUs, shared by the whole session.
+
+    The dashboard stays on: Tune's cleanup of trials stopped by ASHA goes through it (without
+    it their placement groups leak and later trials wait forever).
+    """
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
