@@ -64,7 +64,7 @@ class MethodConfig:
 @dataclass
 class TrainConfig:
     epochs: int = option(8, "training epochs")
-    batch_size: int = option(32, "images per step (object + background)")
+    batch_size: int = option(32, "images per optimizer step (object + background), over all workers together")
     lr: float = option(0.05, "peak SGD learning rate (cosine schedule, linear warmup)")
     weight_decay: float = option(1e-4, "SGD weight decay")
     momentum: float = option(0.9, "SGD momentum")

@@ -125,10 +125,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step; returns ``{"table", "test", "registration", "tracking_uri", "ui_command", ...}``."""
     from bgwsol import mlflow_server
     from bgwsol.data.shard_jobs import RayConfig, init_ray
-    from bgwsol.ray_train import best_checkpoint, fit, load_result
+    from bgwsol.ray_train import best_checkpoint, fit
     from bgwsol.registry import log_and_register
     from bgwsol.tracking import resolve_uri
-    from bgwsol.tune import run_search
+    from bgwsol.tune import params_of, run_search
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,9 +152,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             taus = {iou: metrics[f"val_tau{iou}"] for iou in base.eval.iou_thresholds}
             test[cfg.baseline] = evaluate_on_split(state, data_url, "test", taus)["main"]
             rows[cfg.baseline] = test[cfg.baseline]
-        outcome = run_search(base, cfg.cluster, tracking, cfg.search, name="tune-bgwsol")
-        best_run = load_result(cfg.cluster.storage_path, f"tune-bgwsol-{outcome.best_metrics['trial_id']}")
-        state, metrics = best_checkpoint(best_run)
+        # the first trial is the configured default, the rest are Optuna's proposals
+        outcome = run_search(base, cfg.cluster, tracking, cfg.search, name="tune-bgwsol",
+                             points_to_evaluate=[params_of(base)])
+        state, metrics = best_checkpoint(outcome.best_run())
         taus = {iou: metrics[f"val_tau{iou}"] for iou in base.eval.iou_thresholds}
         registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
                                         name=cfg.model_name, metric=metrics["score"], tau=taus[50])

@@ -104,8 +104,12 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     optimizer = make_optimizer(core, cfg)
-    steps = TrainStream.steps_for(shards.count("train"), world, cfg.train.batch_size, cfg.data.bg_ratio,
-                                  background is not None)
+    # train.batch_size is the global batch: each of the `world` ranks takes its share, so a run
+    # takes the same optimizer steps per epoch as the one-process loop
+    if cfg.train.batch_size % world:
+        raise ValueError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world} workers")
+    rank_batch = cfg.train.batch_size // world
+    steps = TrainStream.steps_for(shards.count("train"), world, rank_batch, cfg.data.bg_ratio, background is not None)
     scheduler = cosine_with_warmup(optimizer, cfg.train.epochs * steps, int(cfg.train.warmup_epochs * steps))
 
     start_epoch, best_score, history, mlflow_run_id = 0, -1.0, [], None
@@ -125,7 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
         log.info("rank %d resumes after epoch %d", rank, state["epoch"])
 
     stream = TrainStream(shards.urls("train"), background.urls("background") if background else None,
-                         batch_size=cfg.train.batch_size, bg_ratio=cfg.data.bg_ratio, steps_per_epoch=steps,
+                         batch_size=rank_batch, bg_ratio=cfg.data.bg_ratio, steps_per_epoch=steps,
                          input_size=cfg.data.input_size, rank=rank, world_size=world, seed=cfg.train.seed)
     loader = DataLoader(stream, batch_size=None, num_workers=cluster.loader_workers)
     val_stream = EvalStream(shards.urls("val"), input_size=cfg.data.input_size, rank=rank, world_size=world)
@@ -145,9 +149,10 @@ def train_loop_per_worker(config: dict) -> None:
         t0, seen, skipped = time.perf_counter(), 0, 0
         sums: dict[str, float] = {}
         for batch in loader:
-            images = normalize(batch["image"].to(device, non_blocking=True))
-            if use_amp:
-                images = images.contiguous(memory_format=torch.channels_last)
+            # channels_last on GPU (the model is converted too); plain NCHW on CPU, where DDP's
+            # gradient buckets expect it
+            images = normalize(batch["image"].to(device, non_blocking=True)).contiguous(
+                memory_format=torch.channels_last if use_amp else torch.contiguous_format)
             labels = batch["label"].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 terms = method.losses(model(images), labels, epoch)

@@ -54,6 +54,14 @@ def trial_config(base: RunConfig, params: dict) -> RunConfig:
     return replace(base, **{PARAMS[k]: float(v) for k, v in params.items() if k in PARAMS})
 
 
+def params_of(cfg: RunConfig) -> dict[str, float]:
+    """The searched values of ``cfg`` (the inverse of :func:`trial_config`), e.g. to try the defaults first."""
+    from bgwsol.config import flatten
+
+    flat = flatten(to_dict(cfg))
+    return {k: float(flat[path]) for k, path in PARAMS.items()}
+
+
 def _trial(config: dict, *, base: dict, cluster: dict, tracking: dict, parent_run_id: str | None, tune_name: str) -> None:
     """One Tune trial: fit a TorchTrainer with the sampled weights; metrics flow to Tune per epoch."""
     from ray import tune
@@ -84,7 +92,14 @@ class TuneOutcome:
     num_trials: int
     num_stopped_early: int
     parent_run_id: str | None
+    storage_path: str
     results: list = field(default_factory=list)
+
+    def best_run(self):
+        """Ray Train ``Result`` of the best trial (its checkpoints and metrics)."""
+        from bgwsol.ray_train import load_result
+
+        return load_result(self.storage_path, self.best_trial_run_name)
 
 
 def run_search(base: RunConfig, cluster: ClusterConfig, tracking: TrackingConfig, search: SearchConfig,
@@ -97,12 +112,14 @@ def run_search(base: RunConfig, cluster: ClusterConfig, tracking: TrackingConfig
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from bgwsol.data.storage import check_access
+    from bgwsol.data.storage import Location, check_access
     from bgwsol.tracking import RunLogger
 
+    # trials run with the trial folder as working directory: pin relative storage paths here
+    cluster = replace(cluster, storage_path=check_access(cluster.storage_path, writable=True).url)
     parent = RunLogger(tracking, name)
     parent_id = parent.start(params={f"search.{k}": v for k, v in to_dict(search).items()})
-    loc = check_access(cluster.storage_path, writable=True)
+    loc = Location.parse(cluster.storage_path)
     tuner = tune.Tuner(
         tune.with_resources(  # the trial only drives its TorchTrainer, whose workers hold the CPUs
             tune.with_parameters(_trial, base=to_dict(base), cluster=to_dict(cluster), tracking=to_dict(tracking),
@@ -125,4 +142,4 @@ def run_search(base: RunConfig, cluster: ClusterConfig, tracking: TrackingConfig
     parent.set_tags({f"best.{k}": v for k, v in params.items()})
     parent.end()
     return TuneOutcome(params, dict(best.metrics), f"{name}-{best.metrics.get('trial_id', '')}", len(results), stopped,
-                       parent_id, results)
+                       parent_id, cluster.storage_path, results)

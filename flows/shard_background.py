@@ -13,23 +13,15 @@ de-duplication; URL and license stay with each sample), then sharded like a fold
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from bgwsol.config import add_config_args, config_from_args
-from bgwsol.data.shard_jobs import BackgroundShardJob, run_background_job, summary
+from bgwsol.data.shard_jobs import BackgroundShardJob, flow_main, run_background_job
 
 DEFAULTS = BackgroundShardJob()
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, BackgroundShardJob, DEFAULTS)
-    job = config_from_args(BackgroundShardJob, parser.parse_args(argv), DEFAULTS)
-    print(summary(run_background_job(job)))
-    return 0
+    return flow_main(BackgroundShardJob, DEFAULTS, __doc__, run_background_job, argv)
 
 
 if __name__ == "__main__":

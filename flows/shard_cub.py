@@ -13,23 +13,15 @@ AWS_SECRET_ACCESS_KEY. Submitted to a cluster as
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from bgwsol.config import add_config_args, config_from_args
-from bgwsol.data.shard_jobs import DatasetShardJob, run_dataset_job, summary
+from bgwsol.data.shard_jobs import DatasetShardJob, flow_main, run_dataset_job
 
 DEFAULTS = DatasetShardJob(dataset="cub", output="data/shards/cub")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, DatasetShardJob, DEFAULTS)
-    job = config_from_args(DatasetShardJob, parser.parse_args(argv), DEFAULTS)
-    print(summary(run_dataset_job(job)))
-    return 0
+    return flow_main(DatasetShardJob, DEFAULTS, __doc__, run_dataset_job, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from bgwsol.pipeline import PipelineConfig
 
 # the embedded default: small enough for 2 CPU cores in under 15 minutes
 DEFAULTS = replace(PipelineConfig(), **{
-    "run.train.epochs": 6, "run.eval.cam_curve_interval": 0.01, "search.num_samples": 2, "search.grace_period": 3,
+    "run.train.epochs": 5, "run.eval.cam_curve_interval": 0.01, "search.num_samples": 2, "search.grace_period": 2,
     "cluster.num_workers": 2, "cluster.cpus_per_worker": 1.0, "etl.samples_per_shard": 128,
 })
 

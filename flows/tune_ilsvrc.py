@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if not job.run.data.shards:
         parser.error("--run.data.shards is required (shard a dataset with flows/shard_ilsvrc.py)")
     from bgwsol.data.shard_jobs import RayConfig, init_ray
-    from bgwsol.ray_train import best_checkpoint, load_result
+    from bgwsol.ray_train import best_checkpoint
     from bgwsol.registry import log_and_register
     from bgwsol.tracking import resolve_uri
     from bgwsol.tune import run_search
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {job.search.metric} = {outcome.best_metrics.get(job.search.metric)}; "
           f"{outcome.num_stopped_early} of {outcome.num_trials} trials stopped early by ASHA")
     if resolve_uri(job.tracking):
-        state, metrics = best_checkpoint(load_result(job.cluster.storage_path,
-                                                     f"tune-bgwsol-{outcome.best_metrics['trial_id']}"))
+        state, metrics = best_checkpoint(outcome.best_run())
         reg = log_and_register(state, tracking_uri=resolve_uri(job.tracking), run_id=state["mlflow_run_id"],
                                name=job.model_name, metric=metrics["score"], tau=metrics.get("val_tau50", 0.5))
         print(f"registered {reg.name} version {reg.version}" + (" (now champion)" if reg.champion else

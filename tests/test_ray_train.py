@@ -169,14 +169,15 @@ def test_registry_alias_moves_only_on_improvement_and_localize_uses_it(shard_set
 
 
 @pytest.mark.mlflow
-def test_tune_runs_three_trials_and_asha_stops_the_weak_one(shard_sets, tmp_path, mlflow_server):
+def test_tune_runs_three_trials_and_asha_stops_the_weak_one(shard_sets, tmp_path, mlflow_server, monkeypatch):
     from mlflow import MlflowClient
 
     from bgwsol.tracking import TrackingConfig
     from bgwsol.tune import SearchConfig, run_search
 
     base = tiny_config(shard_sets, "bgwsol", epochs=2)
-    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "tune"), max_failures=0)
+    monkeypatch.chdir(tmp_path)  # a relative storage path must mean the same folder inside the trials
+    cluster = ClusterConfig(num_workers=2, storage_path="tune", max_failures=0)
     tracking = TrackingConfig(tracking_uri=mlflow_server, experiment="test-tune")
     # The search maximizes the reported learning rate: on a dataset this tiny no quality metric
     # orders trials reliably, and what is under test is the plumbing (Optuna proposals, per-epoch
@@ -191,6 +192,10 @@ def test_tune_runs_three_trials_and_asha_stops_the_weak_one(shard_sets, tmp_path
     assert epochs_by_lr == {0.05: 2, 0.08: 2, 1e-7: 1}  # ASHA stopped the third at the first rung
     assert outcome.num_stopped_early == 1
     assert outcome.best_params["lr"] == 0.08
+    from bgwsol.ray_train import best_checkpoint
+
+    state, metrics = best_checkpoint(outcome.best_run())  # the best trial's own Ray Train run, on storage
+    assert state["config"]["train"]["lr"] == 0.08 and "val_tau50" in metrics
     assert "val_tau50" in outcome.best_metrics
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("test-tune")

@@ -110,3 +110,17 @@ def summary(shards: ShardSet) -> str:
     lines.append(f"  rejected   {rej['count']:>9}" + (f"  ({', '.join(f'{k}: {v}' for k, v in rej['by_reason'].items())}; "
                                                       f"see {shards.location.join(rej['report']).url})" if rej["count"] else ""))
     return "\n".join(lines)
+
+
+def flow_main(job_cls: type, defaults, description: str, run, argv: list[str] | None = None) -> int:
+    """Body of the ``flows/shard_*.py`` entry points: parse flags into ``job_cls``, run, print the summary."""
+    import argparse
+
+    from bgwsol.config import add_config_args, config_from_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, job_cls, defaults)
+    job = config_from_args(job_cls, parser.parse_args(argv), defaults)
+    print(summary(run(job)))
+    return 0
