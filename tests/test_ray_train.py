@@ -43,10 +43,19 @@ def load_state(result) -> dict:
         return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
 
 
-def test_two_workers_train_evaluate_and_checkpoint(shard_sets, tmp_path):
-    cfg = tiny_config(shard_sets)
-    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="two")
-    result = fit(cfg, cluster)
+@pytest.fixture(scope="module")
+def tracked_run(shard_sets, tmp_path_factory, mlflow_server):
+    """One 2-worker bgwsol run, tracked in the test MLflow server (shared by the tests below: a
+    Ray Train start costs tens of seconds on 2 cores)."""
+    from bgwsol.tracking import TrackingConfig
+
+    tracking = TrackingConfig(tracking_uri=mlflow_server, experiment="test-ray-train")
+    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path_factory.mktemp("runs")), run_name="tracked")
+    return fit(tiny_config(shard_sets, epochs=2), cluster, tracking=tracking)
+
+
+def test_two_workers_train_evaluate_and_checkpoint(shard_sets, tracked_run):
+    result = tracked_run
     assert result.error is None
     m = result.metrics
     assert m["epoch"] == 1 and 0 <= m["val_maxboxacc_v2"] <= 100 and m["val_num_images"] > 0
@@ -64,9 +73,9 @@ def test_rerun_with_the_same_name_continues(shard_sets, tmp_path):
     cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="cont")
     first = fit(tiny_config(shard_sets, "cam", epochs=1), cluster)
     before = load_state(first)
-    second = fit(tiny_config(shard_sets, "cam", epochs=3), cluster)
+    second = fit(tiny_config(shard_sets, "cam", epochs=2), cluster)
     after = load_state(second)
-    assert after["epoch"] == 2 and len(after["history"]) == 3
+    assert after["epoch"] == 1 and len(after["history"]) == 2
     assert after["history"][0] == before["history"][0]  # epoch 0 was not trained again
 
 
@@ -86,7 +95,7 @@ def _train_worker_pids() -> list[int]:
 def test_a_killed_worker_resumes_from_the_last_checkpoint(shard_sets, tmp_path):
     storage = tmp_path / "runs"
     cluster = ClusterConfig(num_workers=2, storage_path=str(storage), run_name="killed", max_failures=2)
-    cfg = tiny_config(shard_sets, "cam", epochs=4)
+    cfg = tiny_config(shard_sets, "cam", epochs=3)
     out: dict = {}
     thread = threading.Thread(target=lambda: out.setdefault("result", fit(cfg, cluster)))
     thread.start()
@@ -103,19 +112,15 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(shard_sets, tmp_path):
     result = out["result"]
     assert result.error is None
     state = load_state(result)
-    assert state["epoch"] == 3
-    assert [h["epoch"] for h in state["history"]] == [0, 1, 2, 3]  # each epoch once, resumed, not restarted
+    assert state["epoch"] == 2
+    assert [h["epoch"] for h in state["history"]] == [0, 1, 2]  # each epoch once, resumed, not restarted
 
 
 @pytest.mark.mlflow
-def test_rank0_logs_to_a_real_mlflow_server(shard_sets, tmp_path, mlflow_server):
+def test_rank0_logs_to_a_real_mlflow_server(tracked_run, mlflow_server):
     from mlflow import MlflowClient
 
-    from bgwsol.tracking import TrackingConfig
-
-    tracking = TrackingConfig(tracking_uri=mlflow_server, experiment="test-ray-train")
-    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="tracked")
-    result = fit(tiny_config(shard_sets, epochs=2), cluster, tracking=tracking)
+    result = tracked_run
     run_id = load_state(result)["mlflow_run_id"]
     client = MlflowClient(mlflow_server)
     run = client.get_run(run_id)
@@ -133,19 +138,15 @@ def test_rank0_logs_to_a_real_mlflow_server(shard_sets, tmp_path, mlflow_server)
 
 
 @pytest.mark.mlflow
-def test_registry_alias_moves_only_on_improvement_and_localize_uses_it(shard_sets, tmp_path, mlflow_server,
+def test_registry_alias_moves_only_on_improvement_and_localize_uses_it(tracked_run, tmp_path, mlflow_server,
                                                                        tiny_synthetic, capsys):
     from mlflow import MlflowClient
 
     from bgwsol.cli import main as cli_main
     from bgwsol.ray_train import best_checkpoint
     from bgwsol.registry import log_and_register
-    from bgwsol.tracking import TrackingConfig
 
-    tracking = TrackingConfig(tracking_uri=mlflow_server, experiment="test-registry")
-    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="reg")
-    result = fit(tiny_config(shard_sets, epochs=1), cluster, tracking=tracking)
-    state, metrics = best_checkpoint(result)
+    state, metrics = best_checkpoint(tracked_run)
     kw = dict(tracking_uri=mlflow_server, run_id=state["mlflow_run_id"], name="bgwsol-test", tau=metrics["val_tau50"])
     v1 = log_and_register(state, metric=50.0, **kw)
     v2 = log_and_register(state, metric=40.0, **kw)
