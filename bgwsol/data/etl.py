@@ -100,9 +100,13 @@ def listing_rows(samples: Iterable[Sample], classes: list[str]) -> list[dict]:
     return rows
 
 
-def assign_shards(rows: list[dict], per_shard: int) -> list[list[dict]]:
-    """Order rows by SHA-1 of their key and cut them into shards of ``per_shard`` (last one shorter)."""
-    ordered = sorted(rows, key=lambda r: hashlib.sha1(r["__key__"].encode()).hexdigest())
+def shard_order(rows: list[dict]) -> list[dict]:
+    """Rows ordered by the SHA-1 of their key: shards mix classes, and reruns give the same order."""
+    return sorted(rows, key=lambda r: hashlib.sha1(r["__key__"].encode()).hexdigest())
+
+
+def assign_shards(ordered: list[dict], per_shard: int) -> list[list[dict]]:
+    """Cut rows already in :func:`shard_order` into shards of ``per_shard`` (the last one shorter)."""
     return [ordered[i:i + per_shard] for i in range(0, len(ordered), per_shard)]
 
 
@@ -114,13 +118,14 @@ def read_source(path: str) -> bytes:
         return f.read()
 
 
-def per_shard_count(rows: list[dict], cfg: ShardConfig, probe: int = 16) -> int:
+def per_shard_count(ordered: list[dict], cfg: ShardConfig, probe: int = 16) -> int:
     """Samples per shard: ``cfg.samples_per_shard``, or ``shard_size_mb`` over the mean size of
-    ``probe`` processed samples (the first ones in shard order, so the estimate is deterministic)."""
+    ``probe`` processed samples (the first ones of ``ordered``, rows in :func:`shard_order`, so the
+    estimate is deterministic)."""
     if cfg.samples_per_shard:
         return cfg.samples_per_shard
     sizes = []
-    for row in assign_shards(rows, len(rows) or 1)[0][:probe]:
+    for row in ordered[:probe]:
         try:
             sizes.append(len(process_image(read_source(row["path"]), max_short_side=cfg.max_short_side,
                                            jpeg_quality=cfg.jpeg_quality).jpeg) + 512)
@@ -307,8 +312,9 @@ def write_shard_set(splits: list[SplitListing], url: str, *, dataset: str, class
     for listing in splits:
         if not listing.rows:
             continue
-        per_shard = per_shard_count(listing.rows, cfg)
-        shards = assign_shards(listing.rows, per_shard)
+        ordered = shard_order(listing.rows)
+        per_shard = per_shard_count(ordered, cfg)
+        shards = assign_shards(ordered, per_shard)
         log.info("%s: %d samples -> %d shards of <= %d", listing.name, len(listing.rows), len(shards), per_shard)
         results = write_split(shards, loc, listing.name, cfg)
         for r in results:
