@@ -55,6 +55,25 @@ class LocalMlflowServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
+    def wait_ready(self, timeout_s: float = 120.0) -> "LocalMlflowServer":
+        """Block until ``/health`` answers; stops the server and raises if it exits or times out."""
+        import requests
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.process.returncode}; "
+                                   f"see {self.root / 'server.log'}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer on {self.url} within {timeout_s:.0f} s; "
+                           f"see {self.root / 'server.log'}")
+
     def __enter__(self) -> "LocalMlflowServer":
         return self
 
@@ -62,30 +81,25 @@ class LocalMlflowServer:
         self.stop()
 
 
-def start(root: str | Path, port: int = 0, timeout_s: float = 120.0) -> LocalMlflowServer:
-    """Start ``mlflow server`` on 127.0.0.1 with its store under ``root``; waits until ``/health`` answers."""
-    import requests
+def launch(root: str | Path, port: int = 0) -> LocalMlflowServer:
+    """Start ``mlflow server`` on 127.0.0.1 with its store under ``root`` and return at once.
 
+    The server takes seconds to import and migrate its database: do other work, then call
+    :meth:`LocalMlflowServer.wait_ready`.
+    """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    log_file = open(root / "server.log", "ab")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    server = LocalMlflowServer(root, port, proc)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}; see {root / 'server.log'}")
-        try:
-            if requests.get(f"{server.url}/health", timeout=1).ok:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"mlflow server did not answer on {server.url} within {timeout_s:.0f} s; see {root / 'server.log'}")
+    with open(root / "server.log", "ab") as log_file:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", str(root / "artifacts")],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    return LocalMlflowServer(root, port, proc)
+
+
+def start(root: str | Path, port: int = 0, timeout_s: float = 120.0) -> LocalMlflowServer:
+    """Start ``mlflow server`` on 127.0.0.1 with its store under ``root``; waits until ``/health`` answers."""
+    return launch(root, port).wait_ready(timeout_s)

@@ -22,6 +22,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from bgwsol.config import RunConfig, option, replace, to_dict
 from bgwsol.data.etl import ShardConfig
@@ -39,11 +40,13 @@ TABLE_KEYS = ("maxboxacc_v2", "boxacc_v2_at_tau", "maxboxacc_iou70", "gt_known_l
 class PipelineConfig:
     """Everything the main job needs; every field is a command-line flag."""
 
+    dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "dataset layout of --source: ilsvrc | cub")
     output_dir: str = option("outputs/train_ilsvrc", "tables, logs and the local MLflow store")
-    source: str = option("", "ILSVRC root in its own layout; empty: the embedded synthetic ILSVRC")
+    source: str = option("", "dataset root in its own layout; empty: the embedded synthetic dataset of that layout")
     background: str = option("", "background image folder; empty: the synthetic background set")
-    shards_dir: str = option("data/shards", "where shards go (local folder or s3://bucket/prefix)")
-    model_name: str = option("bgwsol-ilsvrc", "registered model name")
+    shards_dir: str = option("data/shards", "where shards go (local folder or s3://bucket/prefix); "
+                             "<dataset>/ and background/ below it")
+    model_name: str = option("", "registered model name (empty: bgwsol-<dataset>)")
     baseline: str = option("cam", "baseline method trained once beside the search ('' to skip)")
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -79,12 +82,13 @@ def prepare_shards(cfg: PipelineConfig) -> tuple[str, str]:
         from bgwsol.data.synthetic import SyntheticConfig, generate
 
         paths = generate(Path("data/synthetic"), SyntheticConfig())
-        source, background = str(paths.ilsvrc), background or str(paths.background)
+        source = str(paths.cub if cfg.dataset == "cub" else paths.ilsvrc)
+        background = background or str(paths.background)
     etl = replace(cfg.etl, val_fraction=cfg.run.data.val_fraction)
     root = Location.parse(cfg.shards_dir)
-    _, _, classes, names = read_dataset("ilsvrc", source)
-    data = _shard_or_reuse(lambda: dataset_listings("ilsvrc", source, etl.val_fraction)[0], root.join("ilsvrc").url,
-                           "ilsvrc", classes, names, etl, str(Path(source).resolve()))
+    _, _, classes, names = read_dataset(cfg.dataset, source)
+    data = _shard_or_reuse(lambda: dataset_listings(cfg.dataset, source, etl.val_fraction)[0],
+                           root.join(cfg.dataset).url, cfg.dataset, classes, names, etl, str(Path(source).resolve()))
     bg = _shard_or_reuse(lambda: [SplitListing("background", listing_rows(read_background_folder(background), []))],
                          root.join("background").url, "background", [], None, etl, str(Path(background).resolve()))
     return data.location.url, bg.location.url
@@ -133,33 +137,36 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    init_ray(RayConfig())
-    data_url, bg_url = prepare_shards(cfg)
-    base = replace(cfg.run, **{"data.shards": data_url, "data.background_shards": bg_url})
-    server = None
-    tracking = cfg.tracking
-    ui = None
+    tracking, server, ui = cfg.tracking, None, None
     if not resolve_uri(tracking):
-        server = mlflow_server.start(out / "mlflow")
-        tracking = replace(tracking, tracking_uri=server.url)
-        ui = server.ui_command()
-        log.info("MLflow tracking server for this run: %s", server.url)
+        # the server imports and migrates its store while the data is sharded
+        server = mlflow_server.launch(out / "mlflow")
     try:
+        init_ray(RayConfig())
+        data_url, bg_url = prepare_shards(cfg)
+        base = replace(cfg.run, **{"data.dataset": cfg.dataset, "data.shards": data_url,
+                                   "data.background_shards": bg_url})
+        if server is not None:
+            tracking = replace(tracking, tracking_uri=server.wait_ready().url)
+            ui = server.ui_command()
+            log.info("MLflow tracking server for this run: %s", server.url)
         rows, test = {}, {}
         if cfg.baseline:
             cam_cfg = replace(base, **{"method.name": cfg.baseline})
-            cam = fit(cam_cfg, replace(cfg.cluster, run_name=f"{cfg.baseline}-baseline"), tracking=tracking)
+            cam = fit(cam_cfg, replace(cfg.cluster, run_name=f"{cfg.baseline}-{cfg.dataset}-baseline"),
+                      tracking=tracking)
             state, metrics = best_checkpoint(cam)
             taus = {iou: metrics[f"val_tau{iou}"] for iou in base.eval.iou_thresholds}
             test[cfg.baseline] = evaluate_on_split(state, data_url, "test", taus)["main"]
             rows[cfg.baseline] = test[cfg.baseline]
         # the first trial is the configured default, the rest are Optuna's proposals
-        outcome = run_search(base, cfg.cluster, tracking, cfg.search, name="tune-bgwsol",
+        outcome = run_search(base, cfg.cluster, tracking, cfg.search, name=f"tune-bgwsol-{cfg.dataset}",
                              points_to_evaluate=[params_of(base)])
         state, metrics = best_checkpoint(outcome.best_run())
         taus = {iou: metrics[f"val_tau{iou}"] for iou in base.eval.iou_thresholds}
         registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
-                                        name=cfg.model_name, metric=metrics["score"], tau=taus[50])
+                                        name=cfg.model_name or f"bgwsol-{cfg.dataset}", metric=metrics["score"],
+                                        tau=taus[50])
         bg_test = evaluate_on_split(state, data_url, "test", taus)
         test["bgwsol"] = bg_test["main"]
         rows["bgwsol (tuned)"] = bg_test["main"]
@@ -177,3 +184,40 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     finally:
         if server is not None:
             server.stop()
+
+
+def report(result: dict, seconds: float) -> str:
+    """What the main job prints at the end: the table, the registration and where to look."""
+    reg = result["registration"]
+    lines = [f"\nTest split, checkpoints and thresholds chosen on validation ({seconds:.0f} s):\n", result["table"],
+             f"\nbest bgwsol weights: {result['best_params']}",
+             f"registered {reg.name} version {reg.version}"
+             + (" -> alias champion" if reg.champion else " (champion unchanged: not better)"),
+             f"\nOutputs: {result['output_dir']}/{{comparison.md,results.json,pipeline.yaml}}"]
+    if result["ui_command"]:
+        lines.append(f"Browse the runs (then open http://127.0.0.1:5000):\n  {result['ui_command']}")
+    else:
+        lines.append(f"Runs are in MLflow at {result['tracking_uri']}")
+    # the job's own server is gone when it ends: the UI command above serves the same store on :5000
+    uri = "http://127.0.0.1:5000" if result["ui_command"] else result["tracking_uri"]
+    lines.append(f"Localize with the champion{' (with that server running)' if result['ui_command'] else ''}:\n"
+                 f"  MLFLOW_TRACKING_URI={uri} .venv/bin/bgwsol localize --model models:/{reg.name}@champion IMAGE...")
+    return "\n".join(lines)
+
+
+def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None) -> int:
+    """Command-line entry of the training flows: every config field is a flag over ``defaults``."""
+    import argparse
+    import time
+
+    from bgwsol.config import add_config_args, config_from_args, write_yaml
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, PipelineConfig, defaults)
+    cfg = config_from_args(PipelineConfig, parser.parse_args(argv), defaults)
+    write_yaml(cfg, f"{cfg.output_dir}/pipeline.yaml")
+    t0 = time.time()
+    result = run_pipeline(cfg)
+    print(report(result, time.time() - t0))
+    return 0

@@ -17,13 +17,10 @@ command that opens the MLflow UI.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-import time
 
-from bgwsol.config import add_config_args, config_from_args, replace
-from bgwsol.pipeline import PipelineConfig
+from bgwsol.config import replace
+from bgwsol.pipeline import PipelineConfig, flow_main
 
 # the embedded default: small enough for 2 CPU cores in under 15 minutes
 DEFAULTS = replace(PipelineConfig(), **{
@@ -33,30 +30,7 @@ DEFAULTS = replace(PipelineConfig(), **{
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, PipelineConfig, DEFAULTS)
-    cfg = config_from_args(PipelineConfig, parser.parse_args(argv), DEFAULTS)
-    from bgwsol.config import write_yaml
-    from bgwsol.pipeline import run_pipeline
-
-    write_yaml(cfg, f"{cfg.output_dir}/pipeline.yaml")
-    t0 = time.time()
-    result = run_pipeline(cfg)
-    reg = result["registration"]
-    print(f"\nTest split, checkpoints and thresholds chosen on validation ({time.time() - t0:.0f} s):\n")
-    print(result["table"])
-    print(f"\nbest bgwsol weights: {result['best_params']}")
-    print(f"registered {reg.name} version {reg.version}" + (" -> alias champion" if reg.champion else
-                                                             " (champion unchanged: not better)"))
-    print(f"\nOutputs: {result['output_dir']}/{{comparison.md,results.json,pipeline.yaml}}")
-    if result["ui_command"]:
-        print(f"Browse the runs (then open http://127.0.0.1:5000):\n  {result['ui_command']}")
-    else:
-        print(f"Runs are in MLflow at {result['tracking_uri']}")
-    print(f"Localize with the champion:\n  MLFLOW_TRACKING_URI=<tracking uri> .venv/bin/bgwsol localize "
-          f"--model models:/{reg.name}@champion IMAGE...")
-    return 0
+    return flow_main(DEFAULTS, __doc__, argv)
 
 
 if __name__ == "__main__":

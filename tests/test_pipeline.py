@@ -1,0 +1,67 @@
+"""The main job end to end on tiny data: shards -> local MLflow server -> Tune -> registry -> test table."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bgwsol.config import replace
+from bgwsol.pipeline import PipelineConfig, prepare_shards, report, run_pipeline
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+TINY = {
+    "run.data.input_size": 32, "run.data.bg_ratio": 0.25, "run.method.mask_warmup_epochs": 0,
+    "run.train.epochs": 1, "run.train.batch_size": 8, "run.train.log_every": 2, "run.model.backbone": "tiny",
+    "run.eval.scoremap_size": 32, "run.eval.cam_curve_interval": 0.05, "run.data.val_fraction": 0.3,
+    "search.num_samples": 1, "search.max_concurrent": 1, "search.grace_period": 1,
+    "cluster.num_workers": 2, "cluster.max_failures": 0, "etl.max_short_side": 40, "etl.samples_per_shard": 9,
+}
+
+
+def test_the_main_job_runs_end_to_end_and_registers_a_champion(tiny_synthetic, ray_local, tmp_path, monkeypatch):
+    paths, _ = tiny_synthetic
+    monkeypatch.chdir(tmp_path)  # relative output, shard and storage paths, as a user gives them
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the job starts its own server
+    cfg = replace(PipelineConfig(), **TINY, **{
+        "source": str(paths.ilsvrc), "background": str(paths.background), "output_dir": "out",
+        "shards_dir": "shards", "cluster.storage_path": "ray",
+        # the baseline is the same fit + test evaluation as the tuned model: skipped to save a Ray Train start
+        "baseline": ""})
+
+    result = run_pipeline(cfg)
+
+    # shards committed under <shards_dir>/<dataset>, the local MLflow store under output_dir
+    assert (tmp_path / "shards/ilsvrc/manifest.json").is_file()
+    assert (tmp_path / "shards/background/manifest.json").is_file()
+    assert result["tracking_uri"].startswith("http://127.0.0.1:") and "mlflow server" in result["ui_command"]
+    # the tuned model scored once on the test split, its two map variants beside it
+    assert set(result["test"]) == {"bgwsol"}
+    metrics = result["test"]["bgwsol"]
+    assert 0.0 <= metrics["maxboxacc_v2"] <= 100.0 and 0.0 <= metrics["top1_cls"] <= 100.0
+    reg = result["registration"]
+    assert (reg.name, int(reg.version), reg.champion) == ("bgwsol-ilsvrc", 1, True)
+    table = (tmp_path / "out/comparison.md").read_text()
+    assert "| bgwsol (tuned) |" in table and "| bgwsol (mask only) |" in table
+    saved = json.loads((tmp_path / "out/results.json").read_text())
+    assert saved["test"]["bgwsol"]["maxboxacc_v2"] == pytest.approx(result["test"]["bgwsol"]["maxboxacc_v2"])
+    text = report(result, 1.0)
+    assert "models:/bgwsol-ilsvrc@champion" in text and "-> alias champion" in text
+
+
+def test_cub_shards_are_written_then_reused(tiny_synthetic, ray_local, tmp_path, monkeypatch):
+    paths, cfg_syn = tiny_synthetic
+    monkeypatch.chdir(tmp_path)
+    cfg = replace(PipelineConfig(), **TINY, **{"dataset": "cub", "source": str(paths.cub),
+                                               "background": str(paths.background), "shards_dir": "shards"})
+    data_url, bg_url = prepare_shards(cfg)
+    manifest = Path(data_url) / "manifest.json"
+    first = json.loads(manifest.read_text())
+    assert first["dataset"] == "cub" and Path(data_url).name == "cub"
+    total = sum(first["splits"][s]["count"] for s in ("train", "val", "test"))
+    assert total == cfg_syn.num_classes * (cfg_syn.cub_train_per_class + cfg_syn.cub_test_per_class)
+    stamp = manifest.stat().st_mtime_ns
+    assert prepare_shards(cfg) == (data_url, bg_url)
+    assert manifest.stat().st_mtime_ns == stamp  # same source and ETL settings: reused, not rewritten
+    assert prepare_shards(replace(cfg, **{"etl.max_short_side": 48}))[0] == data_url
+    assert manifest.stat().st_mtime_ns != stamp  # other ETL settings: written again
