@@ -130,15 +130,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step; returns ``{"table", "test", "registration", "tracking_uri", "ui_command", ...}``."""
     from bgwsol import mlflow_server
     from bgwsol.data.shard_jobs import RayConfig, init_ray
-    from bgwsol.ray_train import best_checkpoint, fit
+    from bgwsol.data.shardset import ShardSet
+    from bgwsol.ray_train import best_checkpoint, fit, identity_tag
     from bgwsol.registry import log_and_register
-    from bgwsol.tracking import resolve_uri
+    from bgwsol.tracking import check_tracking, resolve_uri
     from bgwsol.tune import params_of, run_search
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tracking, server, ui = cfg.tracking, None, None
-    if not resolve_uri(tracking):
+    if resolve_uri(tracking):
+        check_tracking(tracking)  # an unusable server stops the job before any data or training work
+    else:
         # the server imports and migrates its store while the data is sharded
         server = mlflow_server.launch(out / "mlflow")
     try:
@@ -153,8 +156,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         rows, test = {}, {}
         if cfg.baseline:
             cam_cfg = replace(base, **{"method.name": cfg.baseline})
-            cam = fit(cam_cfg, replace(cfg.cluster, run_name=f"{cfg.baseline}-{cfg.dataset}-baseline"),
-                      tracking=tracking)
+            # the name carries the training's identity: a rerun continues the same baseline, a changed
+            # config starts a new one instead of being refused
+            tag = identity_tag(cam_cfg, ShardSet.open(data_url).digest)
+            cam = fit(cam_cfg, replace(cfg.cluster, run_name=f"{cfg.baseline}-{cfg.dataset}-{tag}"), tracking=tracking)
             state, metrics = best_checkpoint(cam)
             taus = {iou: metrics[f"val_tau{iou}"] for iou in base.eval.iou_thresholds}
             test[cfg.baseline] = evaluate_on_split(state, data_url, "test", taus)["main"]
@@ -205,18 +210,28 @@ def report(result: dict, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def save_config(cfg: PipelineConfig) -> Path:
+    """Write ``output_dir/pipeline.yaml``; a password in the tracking URI is written as ``***``."""
+    from bgwsol.config import write_yaml
+    from bgwsol.tracking import redact_url
+
+    path = Path(cfg.output_dir) / "pipeline.yaml"
+    write_yaml(replace(cfg, **{"tracking.tracking_uri": redact_url(cfg.tracking.tracking_uri)}), path)
+    return path
+
+
 def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None) -> int:
     """Command-line entry of the training flows: every config field is a flag over ``defaults``."""
     import argparse
     import time
 
-    from bgwsol.config import add_config_args, config_from_args, write_yaml
+    from bgwsol.config import add_config_args, config_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, PipelineConfig, defaults)
     cfg = config_from_args(PipelineConfig, parser.parse_args(argv), defaults)
-    write_yaml(cfg, f"{cfg.output_dir}/pipeline.yaml")
+    save_config(cfg)
     t0 = time.time()
     result = run_pipeline(cfg)
     print(report(result, time.time() - t0))

@@ -28,6 +28,59 @@ from bgwsol.config import RunConfig, from_dict, option, to_dict
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+RUN_FILE = "bgwsol_run.json"  # beside Ray Train's own files: what the run trains, written at its first start
+
+# settings a rerun of the same run name may change: the schedule's length, evaluation and logging
+RESUMABLE = ("output_dir", "train.epochs", "train.eval_every", "train.log_every", "data.num_workers", "eval.")
+
+
+class IncompatibleRun(RuntimeError):
+    """A run name whose checkpoints were trained with another model, method, data or schedule."""
+
+
+def run_identity(cfg: RunConfig, digest: str) -> dict:
+    """What a run's checkpoints depend on: the config without :data:`RESUMABLE` keys, and the data."""
+    from bgwsol.config import flatten
+
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith(RESUMABLE)}
+    return {"config": flat, "manifest": digest}
+
+
+def identity_tag(cfg: RunConfig, digest: str) -> str:
+    """8 hex digits of :func:`run_identity`: a run name with it continues only the same training."""
+    import hashlib
+    import json
+
+    blob = json.dumps(run_identity(cfg, digest), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+def claim_run(run_dir, cfg: RunConfig, digest: str) -> bool:
+    """Record the run's identity at its first start; on a rerun, refuse a different one.
+
+    ``run_dir`` is a :class:`~bgwsol.data.storage.Location` (local or ``s3://``). Returns True
+    when the run existed (a rerun continues it). Raises :class:`IncompatibleRun` naming the
+    settings that differ, before any worker starts.
+    """
+    import json
+
+    mine = run_identity(cfg, digest)
+    marker = run_dir.join(RUN_FILE)
+    if not marker.exists():
+        marker.write_bytes(json.dumps(mine, indent=1, sort_keys=True, default=str).encode())
+        return False
+    theirs = json.loads(marker.read_bytes())
+    if theirs["manifest"] != mine["manifest"]:
+        raise IncompatibleRun(f"{run_dir.url} was trained on shard set {theirs['manifest'][:12]}, this run reads "
+                              f"{digest[:12]}: give this run a new name (--cluster.run_name)")
+    old, new = theirs["config"], json.loads(json.dumps(mine["config"], default=str))
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if diff:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
+        raise IncompatibleRun(f"{run_dir.url} holds checkpoints of another configuration ({shown}"
+                              f"{'; ...' if len(diff) > 6 else ''}): give this run a new name (--cluster.run_name) "
+                              f"or restore those settings; only {', '.join(RESUMABLE)} may change on a rerun")
+    return True
 
 
 @dataclass
@@ -75,7 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from bgwsol.config import flatten
     from bgwsol.data.loader import EvalStream, TrainStream, collate_eval, normalize
-    from bgwsol.data.shardset import ShardSet
+    from bgwsol.data.shardset import ShardSet, ShardSetError
     from bgwsol.evaluate import evaluate, overlay_grid
     from bgwsol.methods import build_method
     from bgwsol.tracking import RunLogger, TrackingConfig, git_state
@@ -109,7 +162,21 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.train.batch_size % world:
         raise ValueError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world} workers")
     rank_batch = cfg.train.batch_size // world
-    steps = TrainStream.steps_for(shards.count("train"), world, rank_batch, cfg.data.bg_ratio, background is not None)
+    # damaged shards (missing, or not the size the manifest records: a cut-off upload) are left
+    # out, counted and reported; a streaming tar reader would stop early at a cut without a word
+    train_urls, train_count, damaged = shards.usable("train")
+    val_urls, val_count, bad_val = shards.usable("val")
+    bg_urls, _, bad_bg = background.usable("background") if background else (None, 0, {})
+    damaged.update(bad_val)
+    damaged.update(bad_bg)
+    lost = shards.count("train") - train_count + shards.count("val") - val_count
+    if damaged and rank == 0:
+        log.warning("%d damaged shards left out (%d samples of the dataset): %s", len(damaged), lost,
+                    "; ".join(f"{u}: {why}" for u, why in damaged.items()))
+    if not train_urls or (background is not None and not bg_urls):
+        raise ShardSetError(f"no intact training shards left in {cfg.data.shards}"
+                            + (f" / {cfg.data.background_shards}" if background is not None else ""))
+    steps = TrainStream.steps_for(train_count, world, rank_batch, cfg.data.bg_ratio, background is not None)
     scheduler = cosine_with_warmup(optimizer, cfg.train.epochs * steps, int(cfg.train.warmup_epochs * steps))
 
     start_epoch, best_score, history, mlflow_run_id = 0, -1.0, [], None
@@ -128,11 +195,11 @@ def train_loop_per_worker(config: dict) -> None:
         mlflow_run_id = state.get("mlflow_run_id")
         log.info("rank %d resumes after epoch %d", rank, state["epoch"])
 
-    stream = TrainStream(shards.urls("train"), background.urls("background") if background else None,
+    stream = TrainStream(train_urls, bg_urls,
                          batch_size=rank_batch, bg_ratio=cfg.data.bg_ratio, steps_per_epoch=steps,
                          input_size=cfg.data.input_size, rank=rank, world_size=world, seed=cfg.train.seed)
     loader = DataLoader(stream, batch_size=None, num_workers=cluster.loader_workers)
-    val_stream = EvalStream(shards.urls("val"), input_size=cfg.data.input_size, rank=rank, world_size=world)
+    val_stream = EvalStream(val_urls, input_size=cfg.data.input_size, rank=rank, world_size=world)
     val_loader = DataLoader(val_stream, batch_size=64, collate_fn=collate_eval, num_workers=cluster.loader_workers)
 
     logger = RunLogger(tracking, config.get("run_name", default_run_name(cfg)), run_id=mlflow_run_id,
@@ -171,6 +238,7 @@ def train_loop_per_worker(config: dict) -> None:
                                     "step/lr": scheduler.get_last_lr()[0]}, step)
         elapsed = time.perf_counter() - t0
         record: dict = {"epoch": epoch, "images_per_s": seen * world / elapsed, "skipped_samples": skipped,
+                        "damaged_shards": len(damaged), "damaged_samples": lost,
                         "lr": scheduler.get_last_lr()[0], **{f"train_{k}": v / steps for k, v in sums.items()}}
         picture = None
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
@@ -179,8 +247,13 @@ def train_loop_per_worker(config: dict) -> None:
             val = merged.summary()
             record.update({f"val_{k}": v for k, v in val.items()})
             record.update({f"val_tau{iou}": tau for iou, tau in merged.boxes.best_thresholds().items()})
+            # never a validation score that looks complete but is not: say how many were not scored
+            record["val_missing"] = shards.count("val") - int(val.get("num_images", 0))
+            if record["val_missing"] and rank == 0:
+                log.warning("validation scored %d of %d images (%d in damaged shards or corrupt)",
+                            int(val.get("num_images", 0)), shards.count("val"), record["val_missing"])
             if rank == 0 and logger.enabled:
-                first = next(iter(DataLoader(EvalStream(shards.urls("val")[:1], input_size=cfg.data.input_size),
+                first = next(iter(DataLoader(EvalStream(val_urls[:1], input_size=cfg.data.input_size),
                                              batch_size=8, collate_fn=collate_eval)))
                 picture = overlay_grid(core, variants, first, cfg.eval.scoremap_size, record.get("val_tau50", 0.5), device,
                                        preprocess=normalize)
@@ -224,10 +297,17 @@ def fit(cfg: RunConfig, cluster: ClusterConfig, tracking=None, callbacks: list |
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from bgwsol.data.storage import Location, check_access
+    from bgwsol.data.shardset import ShardSet
+    from bgwsol.data.storage import check_access
+    from bgwsol.tracking import check_tracking
 
     name = cluster.run_name or default_run_name(cfg)
     loc = check_access(cluster.storage_path, writable=True)
+    # refuse what cannot work before any worker starts (a restart would only repeat the failure)
+    if tracking is not None:
+        check_tracking(tracking)
+    if claim_run(loc.join(name), cfg, ShardSet.open(cfg.data.shards).digest):
+        log.info("run %s exists under %s: continuing from its latest checkpoint", name, loc.url)
     run_config = ray.train.RunConfig(
         name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem(),
         failure_config=ray.train.FailureConfig(max_failures=cluster.max_failures),

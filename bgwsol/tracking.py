@@ -31,6 +31,61 @@ def resolve_uri(cfg: TrackingConfig) -> str:
     return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be used; the message names it (without credentials) and the cause."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password in its user-info replaced by ``***`` (safe for logs, params and files)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def check_tracking(cfg: TrackingConfig, timeout_s: float = 10.0) -> str:
+    """Prove the tracking URI is usable before any training starts; returns it ('' when tracking is off).
+
+    For an ``http(s)`` server: ``/health`` must answer, and the experiment lookup must not be
+    refused (wrong ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` or token).
+    Raises :class:`TrackingUnavailable` with the (redacted) URI and the cause.
+    """
+    import requests
+
+    uri = resolve_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    base, shown = uri.rstrip("/"), redact_url(uri)
+    try:
+        health = requests.get(f"{base}/health", timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {shown} is unreachable ({type(exc).__name__}): start it, or fix "
+            f"--tracking.tracking_uri / MLFLOW_TRACKING_URI; nothing was trained") from None
+    if not health.ok:
+        raise TrackingUnavailable(f"MLflow tracking server {shown} answered /health with HTTP {health.status_code}")
+    auth = None
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    headers = {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"} \
+        if os.environ.get("MLFLOW_TRACKING_TOKEN") else {}
+    resp = requests.get(f"{base}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": cfg.experiment},
+                        auth=auth, headers=headers, timeout=timeout_s)
+    if resp.status_code in (401, 403):
+        raise TrackingUnavailable(
+            f"MLflow tracking server {shown} refused the credentials (HTTP {resp.status_code}): set "
+            f"MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN); nothing was trained")
+    if resp.status_code >= 500:
+        raise TrackingUnavailable(f"MLflow tracking server {shown} failed the experiment lookup (HTTP "
+                                  f"{resp.status_code}): see the server's log")
+    return uri
+
+
 def git_state(root: str | Path | None = None) -> dict[str, str]:
     """``{"git_sha": ..., "git_dirty": "true"|"false"}`` of the code, or ``unknown`` outside a checkout."""
     root = Path(root or Path(__file__).resolve().parents[1])

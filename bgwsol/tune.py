@@ -113,8 +113,9 @@ def run_search(base: RunConfig, cluster: ClusterConfig, tracking: TrackingConfig
     from ray.tune.search.optuna import OptunaSearch
 
     from bgwsol.data.storage import Location, check_access
-    from bgwsol.tracking import RunLogger
+    from bgwsol.tracking import RunLogger, check_tracking
 
+    check_tracking(tracking)
     # trials run with the trial folder as working directory: pin relative storage paths here
     cluster = replace(cluster, storage_path=check_access(cluster.storage_path, writable=True).url)
     parent = RunLogger(tracking, name)

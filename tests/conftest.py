@@ -35,7 +35,7 @@ def s3_endpoint():
     names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
     saved = {k: os.environ.get(k) for k in names}
     os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
+                      AWS_SECRET_ACCESS_KEY="moto-secret-never-logged", AWS_REGION="us-east-1")
     yield f"http://127.0.0.1:{port}"
     server.stop()
     for k, v in saved.items():

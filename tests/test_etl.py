@@ -157,3 +157,12 @@ def test_verify_detects_a_damaged_shard(tiny_synthetic, ray_local, tmp_path):
     shards.verify()  # same size: only the checksum can tell
     with pytest.raises(ShardSetError, match="SHA-256 differs"):
         shards.verify(checksums=True)
+    # a cut-off upload: told by its size alone, and left out of the usable shards with its samples
+    cut = Location.parse(shards.urls("test")[-1])
+    cut.write_bytes(cut.read_bytes()[:1000])
+    with pytest.raises(ShardSetError, match="truncated or replaced"):
+        shards.verify()
+    urls, count, bad = shards.usable("test")
+    assert list(bad) == [cut.url] and cut.url not in urls
+    assert count == shards.count("test") - shards.shards("test")[-1]["count"]
+    assert shards.usable("train")[2] == {}  # a split's damage is its own

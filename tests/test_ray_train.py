@@ -79,6 +79,52 @@ def test_rerun_with_the_same_name_continues(shard_sets, tmp_path):
     assert after["history"][0] == before["history"][0]  # epoch 0 was not trained again
 
 
+def test_a_rerun_with_another_config_is_refused_before_any_worker_starts(shard_sets, tmp_path):
+    from bgwsol.data.shardset import ShardSet
+    from bgwsol.data.storage import Location
+    from bgwsol.ray_train import IncompatibleRun, claim_run
+
+    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="taken")
+    claim_run(Location.parse(tmp_path / "runs" / "taken"), tiny_config(shard_sets, "cam"),
+              ShardSet.open(shard_sets[0]).digest)
+    t0 = time.monotonic()
+    with pytest.raises(IncompatibleRun, match=r"method\.name: 'cam' -> 'bgwsol'"):
+        fit(tiny_config(shard_sets, "bgwsol"), cluster)
+    assert time.monotonic() - t0 < 10  # refused on the driver: no worker group was started
+    assert not list((tmp_path / "runs" / "taken").glob("checkpoint_*"))
+
+
+def test_a_dead_mlflow_server_stops_the_run_before_training(shard_sets, tmp_path):
+    from conftest import free_port
+
+    from bgwsol.tracking import TrackingConfig, TrackingUnavailable
+
+    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="untracked")
+    with pytest.raises(TrackingUnavailable, match="unreachable.*nothing was trained"):
+        fit(tiny_config(shard_sets), cluster, tracking=TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}"))
+    assert not (tmp_path / "runs" / "untracked").exists()  # no run was started or claimed
+
+
+def test_damaged_shards_are_left_out_counted_and_reported(shard_sets, tmp_path):
+    import shutil
+
+    from bgwsol.data.shardset import ShardSet
+
+    root = tmp_path / "damaged"
+    shutil.copytree(shard_sets[0], root)
+    shards = ShardSet.open(root)
+    cut = [Path(shards.urls("train")[0]), Path(shards.urls("val")[-1])]
+    for path in cut:  # uploads cut off halfway
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    cfg = replace(tiny_config(shard_sets, "cam", epochs=1), **{"data.shards": str(root)})
+    result = fit(cfg, ClusterConfig(num_workers=1, storage_path=str(tmp_path / "runs"), run_name="damaged"))
+    m = result.metrics
+    lost_val = shards.shards("val")[-1]["count"]
+    assert m["damaged_shards"] == 2
+    assert m["damaged_samples"] == shards.shards("train")[0]["count"] + lost_val
+    assert m["val_missing"] == lost_val and m["val_num_images"] == shards.count("val") - lost_val
+
+
 def _train_worker_pids() -> list[int]:
     pids = []
     for d in os.listdir("/proc"):
@@ -135,6 +181,11 @@ def test_rank0_logs_to_a_real_mlflow_server(tracked_run, mlflow_server):
     pictures = [f.path for f in client.list_artifacts(run_id, "overlays")]
     assert pictures == ["overlays/overlays_epoch000.png", "overlays/overlays_epoch001.png"]
     assert len(client.search_runs([run.info.experiment_id])) == 1  # only rank 0 logged
+    # the S3 secret the workers inherit is in no param, tag or checkpoint
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    assert not [k for k, v in {**run.data.params, **run.data.tags}.items() if secret in v]
+    with result.checkpoint.as_directory() as d:
+        assert secret.encode() not in (Path(d) / CHECKPOINT_FILE).read_bytes()
 
 
 @pytest.mark.mlflow

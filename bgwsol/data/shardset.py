@@ -96,14 +96,34 @@ class ShardSet:
         """Full URLs (``s3://...`` or local paths) of ``split``'s shards, in manifest order."""
         return [self.location.join(s["name"]).url for s in self.shards(split)]
 
-    def verify(self, *, checksums: bool = False) -> None:
-        """Check every listed shard exists with its recorded size (and SHA-256 with ``checksums``)."""
-        for split in self.splits:
-            for entry in self.shards(split):
+    def damaged(self, split: str | None = None, *, checksums: bool = False) -> dict[str, str]:
+        """Shards (by URL) of ``split`` (or every split) that are missing or differ from the manifest.
+
+        Size is checked by a stat per shard (cheap on S3 too); SHA-256 with ``checksums``
+        (reads every byte). Returns ``{url: reason}``; empty when the set is intact.
+        """
+        bad: dict[str, str] = {}
+        for name in [split] if split else self.splits:
+            for entry in self.shards(name):
                 loc = self.location.join(entry["name"])
                 if not loc.exists():
-                    raise ShardSetError(f"{loc.url}: listed in the manifest but missing")
-                if loc.size() != entry["bytes"]:
-                    raise ShardSetError(f"{loc.url}: {loc.size()} bytes, the manifest says {entry['bytes']}")
-                if checksums and hashlib.sha256(loc.read_bytes()).hexdigest() != entry["sha256"]:
-                    raise ShardSetError(f"{loc.url}: SHA-256 differs from the manifest")
+                    bad[loc.url] = "listed in the manifest but missing"
+                elif loc.size() != entry["bytes"]:
+                    bad[loc.url] = f"{loc.size()} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
+                elif checksums and hashlib.sha256(loc.read_bytes()).hexdigest() != entry["sha256"]:
+                    bad[loc.url] = "SHA-256 differs from the manifest"
+        return bad
+
+    def usable(self, split: str) -> tuple[list[str], int, dict[str, str]]:
+        """``(urls, samples, damaged)`` of ``split`` without its damaged shards (see :meth:`damaged`)."""
+        bad = self.damaged(split)
+        keep = [(url, e["count"]) for url, e in zip(self.urls(split), self.shards(split)) if url not in bad]
+        return [u for u, _ in keep], sum(n for _, n in keep), bad
+
+    def verify(self, *, checksums: bool = False) -> None:
+        """Raise :class:`ShardSetError` naming the first shard that is missing or differs from the manifest."""
+        bad = self.damaged(checksums=checksums)
+        if bad:
+            url, reason = next(iter(bad.items()))
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise ShardSetError(f"{url}: {reason}{more}")

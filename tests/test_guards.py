@@ -1,0 +1,73 @@
+"""Refusals that must come before any work: an unusable MLflow server, a run name holding
+another training, and secrets kept out of written configs."""
+
+import json
+import time
+
+import pytest
+import yaml
+
+from bgwsol.config import RunConfig, replace
+from bgwsol.data.storage import Location
+from bgwsol.ray_train import IncompatibleRun, RUN_FILE, claim_run, identity_tag
+from bgwsol.tracking import TrackingConfig, TrackingUnavailable, check_tracking, redact_url
+from conftest import free_port
+
+
+def test_redact_url_hides_only_the_password():
+    assert redact_url("https://alice:s3cr3t@mlflow.example.com:5000/x?y=1") == \
+        "https://alice:***@mlflow.example.com:5000/x?y=1"
+    assert redact_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert redact_url("sqlite:///tmp/mlflow.db") == "sqlite:///tmp/mlflow.db"
+
+
+def test_an_unreachable_tracking_server_is_refused_at_once_without_its_password():
+    uri = f"http://bob:hunter2@127.0.0.1:{free_port()}"  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(TrackingUnavailable) as err:
+        check_tracking(TrackingConfig(tracking_uri=uri))
+    assert time.monotonic() - t0 < 10  # no retry loop
+    msg = str(err.value)
+    assert "unreachable" in msg and "bob:***@127.0.0.1" in msg and "hunter2" not in msg
+
+
+def test_a_running_tracking_server_passes(mlflow_server):
+    assert check_tracking(TrackingConfig(tracking_uri=mlflow_server)) == mlflow_server
+
+
+def test_no_tracking_uri_means_no_check(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert check_tracking(TrackingConfig()) == ""
+
+
+def test_a_run_name_continues_only_the_same_training(tmp_path):
+    run_dir = Location.parse(tmp_path / "runs" / "r1")
+    cfg = RunConfig()
+    assert claim_run(run_dir, cfg, "a" * 64) is False  # first start records the identity
+    assert json.loads((tmp_path / "runs/r1" / RUN_FILE).read_text())["manifest"] == "a" * 64
+    assert claim_run(run_dir, cfg, "a" * 64) is True  # the same training: continue
+    longer = replace(cfg, **{"train.epochs": 20, "eval.cam_curve_interval": 0.001})
+    assert claim_run(run_dir, longer, "a" * 64) is True  # a longer schedule, finer evaluation: continue
+    with pytest.raises(IncompatibleRun, match=r"train\.lr: 0\.05 -> 0\.1.*--cluster\.run_name"):
+        claim_run(run_dir, replace(cfg, **{"train.lr": 0.1}), "a" * 64)
+    with pytest.raises(IncompatibleRun, match=r"model\.backbone: 'tiny' -> 'resnet18'"):
+        claim_run(run_dir, replace(cfg, **{"model.backbone": "resnet18"}), "a" * 64)
+    with pytest.raises(IncompatibleRun, match="shard set aaaaaaaaaaaa, this run reads bbbbbbbbbbbb"):
+        claim_run(run_dir, cfg, "b" * 64)
+
+
+def test_identity_tag_follows_the_training_not_its_length():
+    cfg = RunConfig()
+    assert identity_tag(cfg, "a" * 64) == identity_tag(replace(cfg, **{"train.epochs": 99}), "a" * 64)
+    assert identity_tag(cfg, "a" * 64) != identity_tag(replace(cfg, **{"method.lambda_bg": 2.0}), "a" * 64)
+    assert identity_tag(cfg, "a" * 64) != identity_tag(cfg, "b" * 64)
+
+
+def test_the_written_pipeline_config_holds_no_password(tmp_path):
+    from bgwsol.pipeline import PipelineConfig, save_config
+
+    cfg = replace(PipelineConfig(), **{"output_dir": str(tmp_path),
+                                       "tracking.tracking_uri": "https://ops:pa55w0rd@mlflow.internal"})
+    text = save_config(cfg).read_text()
+    assert "pa55w0rd" not in text
+    assert yaml.safe_load(text)["tracking"]["tracking_uri"] == "https://ops:***@mlflow.internal"
