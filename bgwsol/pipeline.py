@@ -220,17 +220,39 @@ def save_config(cfg: PipelineConfig) -> Path:
     return path
 
 
-def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None) -> int:
-    """Command-line entry of the training flows: every config field is a flag over ``defaults``."""
+def parse_flow_args(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
+                    demo: dict[str, object] | None = None) -> PipelineConfig:
+    """The training flows' command line: every config field is a flag over ``defaults``.
+
+    ``demo`` (dotted field -> value) sizes the run for the embedded synthetic dataset: it applies
+    only when no ``--source`` is given, so a real dataset never inherits the demo's small shards
+    and short schedule. Explicit flags and ``--config`` win over both.
+    """
     import argparse
-    import time
 
     from bgwsol.config import add_config_args, config_from_args
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = None
+    if demo:
+        epilog = ("without --source (the embedded synthetic dataset) these defaults change: "
+                  + ", ".join(f"--{k} {v}" for k, v in demo.items()))
+    parser = argparse.ArgumentParser(description=doc, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, PipelineConfig, defaults)
-    cfg = config_from_args(PipelineConfig, parser.parse_args(argv), defaults)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(PipelineConfig, args, defaults)
+    if demo and not cfg.source:
+        cfg = config_from_args(PipelineConfig, args, replace(defaults, **demo))
+    return cfg
+
+
+def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
+              demo: dict[str, object] | None = None) -> int:
+    """Entry of ``flows/train_*.py``: parse, write ``pipeline.yaml``, run, print the report."""
+    import time
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = parse_flow_args(defaults, doc, argv, demo)
     save_config(cfg)
     t0 = time.time()
     result = run_pipeline(cfg)

@@ -21,16 +21,14 @@ import sys
 from bgwsol.config import replace
 from bgwsol.pipeline import PipelineConfig, flow_main
 
-# the embedded synthetic CUB has 8 classes x 20 train images: more epochs than ILSVRC's demo
-DEFAULTS = replace(PipelineConfig(), **{
-    "dataset": "cub", "output_dir": "outputs/train_cub",
-    "run.train.epochs": 10, "run.eval.cam_curve_interval": 0.01, "search.num_samples": 2, "search.grace_period": 4,
-    "cluster.num_workers": 2, "cluster.cpus_per_worker": 1.0, "etl.samples_per_shard": 64,
-})
+# sized for the embedded synthetic CUB (8 classes x 20 train images); not applied with --source
+DEMO = {"run.train.epochs": 10, "run.eval.cam_curve_interval": 0.01, "search.num_samples": 2,
+        "search.grace_period": 4, "etl.samples_per_shard": 64}
+DEFAULTS = replace(PipelineConfig(), **{"dataset": "cub", "output_dir": "outputs/train_cub"})
 
 
 def main(argv: list[str] | None = None) -> int:
-    return flow_main(DEFAULTS, __doc__, argv)
+    return flow_main(DEFAULTS, __doc__, argv, demo=DEMO)
 
 
 if __name__ == "__main__":

@@ -65,3 +65,20 @@ def test_cub_shards_are_written_then_reused(tiny_synthetic, ray_local, tmp_path,
     assert manifest.stat().st_mtime_ns == stamp  # same source and ETL settings: reused, not rewritten
     assert prepare_shards(replace(cfg, **{"etl.max_short_side": 48}))[0] == data_url
     assert manifest.stat().st_mtime_ns != stamp  # other ETL settings: written again
+
+
+def test_the_demo_sizing_applies_only_to_the_embedded_dataset():
+    import importlib.util
+
+    from bgwsol.pipeline import parse_flow_args
+
+    spec = importlib.util.spec_from_file_location("train_ilsvrc", Path(__file__).parents[1] / "flows/train_ilsvrc.py")
+    flow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flow)
+    demo = parse_flow_args(flow.DEFAULTS, "", [], flow.DEMO)
+    assert demo.etl.samples_per_shard == 128 and demo.run.train.epochs == 5
+    real = parse_flow_args(flow.DEFAULTS, "", ["--source", "/data/ILSVRC"], flow.DEMO)
+    assert real.etl.samples_per_shard == PipelineConfig().etl.samples_per_shard  # size-based shards
+    assert real.run.train.epochs == PipelineConfig().run.train.epochs
+    mixed = parse_flow_args(flow.DEFAULTS, "", ["--run.train.epochs", "2"], flow.DEMO)
+    assert mixed.run.train.epochs == 2 and mixed.etl.samples_per_shard == 128  # flags win over the demo
