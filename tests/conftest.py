@@ -80,3 +80,35 @@ def mlflow_server(tmp_path_factory):
 
     with start(tmp_path_factory.mktemp("mlflow")) as server:
         yield server.url
+
+
+# the main job on tiny data (tests/test_pipeline.py, tests/test_mlflow_ui.py): small everything
+TINY_PIPELINE = {
+    "run.data.input_size": 32, "run.data.bg_ratio": 0.25, "run.method.mask_warmup_epochs": 0,
+    "run.train.epochs": 1, "run.train.batch_size": 8, "run.train.log_every": 2, "run.model.backbone": "tiny",
+    "run.eval.scoremap_size": 32, "run.eval.cam_curve_interval": 0.05, "run.data.val_fraction": 0.3,
+    "search.num_samples": 1, "search.max_concurrent": 1, "search.grace_period": 1,
+    "cluster.num_workers": 2, "cluster.max_failures": 0, "etl.max_short_side": 40, "etl.samples_per_shard": 9,
+}
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tiny_synthetic, ray_local, tmp_path_factory):
+    """One run of the main job on tiny data, shared by the tests that inspect it: ``(result, workdir)``.
+
+    Relative output, shard and storage paths (as a user gives them) under ``workdir``; the job
+    starts and stops its own MLflow server. The CAM baseline is the same fit + test evaluation
+    as the tuned model: skipped to save a Ray Train start.
+    """
+    from bgwsol.config import replace
+    from bgwsol.pipeline import PipelineConfig, run_pipeline
+
+    paths, _ = tiny_synthetic
+    work = tmp_path_factory.mktemp("pipeline")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = replace(PipelineConfig(), **TINY_PIPELINE, **{
+            "source": str(paths.ilsvrc), "background": str(paths.background), "output_dir": "out",
+            "shards_dir": "shards", "cluster.storage_path": "ray", "baseline": ""})
+        return run_pipeline(cfg), work

@@ -6,30 +6,14 @@ from pathlib import Path
 import pytest
 
 from bgwsol.config import replace
-from bgwsol.pipeline import PipelineConfig, prepare_shards, report, run_pipeline
+from bgwsol.pipeline import PipelineConfig, prepare_shards, report
+from conftest import TINY_PIPELINE as TINY
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-TINY = {
-    "run.data.input_size": 32, "run.data.bg_ratio": 0.25, "run.method.mask_warmup_epochs": 0,
-    "run.train.epochs": 1, "run.train.batch_size": 8, "run.train.log_every": 2, "run.model.backbone": "tiny",
-    "run.eval.scoremap_size": 32, "run.eval.cam_curve_interval": 0.05, "run.data.val_fraction": 0.3,
-    "search.num_samples": 1, "search.max_concurrent": 1, "search.grace_period": 1,
-    "cluster.num_workers": 2, "cluster.max_failures": 0, "etl.max_short_side": 40, "etl.samples_per_shard": 9,
-}
 
-
-def test_the_main_job_runs_end_to_end_and_registers_a_champion(tiny_synthetic, ray_local, tmp_path, monkeypatch):
-    paths, _ = tiny_synthetic
-    monkeypatch.chdir(tmp_path)  # relative output, shard and storage paths, as a user gives them
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the job starts its own server
-    cfg = replace(PipelineConfig(), **TINY, **{
-        "source": str(paths.ilsvrc), "background": str(paths.background), "output_dir": "out",
-        "shards_dir": "shards", "cluster.storage_path": "ray",
-        # the baseline is the same fit + test evaluation as the tuned model: skipped to save a Ray Train start
-        "baseline": ""})
-
-    result = run_pipeline(cfg)
+def test_the_main_job_runs_end_to_end_and_registers_a_champion(pipeline_run):
+    result, tmp_path = pipeline_run
 
     # shards committed under <shards_dir>/<dataset>, the local MLflow store under output_dir
     assert (tmp_path / "shards/ilsvrc/manifest.json").is_file()

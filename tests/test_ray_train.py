@@ -1,8 +1,7 @@
-"""Ray Train V2 on CPU: 2 DDP workers over shards, checkpoints, resume, a killed worker, MLflow logging."""
+"""Ray Train V2 on CPU: 2 DDP workers over shards, checkpoints, resume by name, refusals, damaged shards,
+MLflow logging, the registry and Tune. (A node lost mid-run: tests/test_cluster_jobs.py.)"""
 
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -125,43 +124,6 @@ def test_damaged_shards_are_left_out_counted_and_reported(shard_sets, tmp_path):
     assert m["val_missing"] == lost_val and m["val_num_images"] == shards.count("val") - lost_val
 
 
-def _train_worker_pids() -> list[int]:
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                cmd = open(f"/proc/{d}/cmdline", "rb").read().decode(errors="ignore")
-            except OSError:
-                continue
-            if cmd.startswith("ray::RayTrainWorker"):
-                pids.append(int(d))
-    return sorted(pids)
-
-
-def test_a_killed_worker_resumes_from_the_last_checkpoint(shard_sets, tmp_path):
-    storage = tmp_path / "runs"
-    cluster = ClusterConfig(num_workers=2, storage_path=str(storage), run_name="killed", max_failures=2)
-    cfg = tiny_config(shard_sets, "cam", epochs=3)
-    out: dict = {}
-    thread = threading.Thread(target=lambda: out.setdefault("result", fit(cfg, cluster)))
-    thread.start()
-    killed = None
-    deadline = time.time() + 600
-    while time.time() < deadline and thread.is_alive():
-        if list(storage.glob("killed/checkpoint_*")) and _train_worker_pids():
-            killed = _train_worker_pids()[-1]
-            os.kill(killed, signal.SIGKILL)
-            break
-        time.sleep(0.2)
-    thread.join(900)
-    assert killed is not None, "no checkpoint appeared before training ended"
-    result = out["result"]
-    assert result.error is None
-    state = load_state(result)
-    assert state["epoch"] == 2
-    assert [h["epoch"] for h in state["history"]] == [0, 1, 2]  # each epoch once, resumed, not restarted
-
-
 @pytest.mark.mlflow
 def test_rank0_logs_to_a_real_mlflow_server(tracked_run, mlflow_server):
     from mlflow import MlflowClient
@@ -229,7 +191,8 @@ def test_tune_runs_three_trials_and_asha_stops_the_weak_one(shard_sets, tmp_path
 
     base = tiny_config(shard_sets, "bgwsol", epochs=2)
     monkeypatch.chdir(tmp_path)  # a relative storage path must mean the same folder inside the trials
-    cluster = ClusterConfig(num_workers=2, storage_path="tune", max_failures=0)
+    # one worker per trial: the plumbing under test is Tune's, and 2-worker runs are tested above
+    cluster = ClusterConfig(num_workers=1, storage_path="tune", max_failures=0)
     tracking = TrackingConfig(tracking_uri=mlflow_server, experiment="test-tune")
     # The search maximizes the reported learning rate: on a dataset this tiny no quality metric
     # orders trials reliably, and what is under test is the plumbing (Optuna proposals, per-epoch
