@@ -87,7 +87,12 @@ def check_tracking(cfg: TrackingConfig, timeout_s: float = 10.0) -> str:
 
 
 def git_state(root: str | Path | None = None) -> dict[str, str]:
-    """``{"git_sha": ..., "git_dirty": "true"|"false"}`` of the code, or ``unknown`` outside a checkout."""
+    """``{"git_sha": ..., "git_dirty": "true"|"false"}`` of the code.
+
+    Outside a checkout (``ray job submit --working-dir`` uploads no ``.git``) it takes
+    ``BGWSOL_GIT_SHA`` / ``BGWSOL_GIT_DIRTY`` from the environment (pass them with the job's
+    ``--runtime-env-json``), else ``unknown``.
+    """
     root = Path(root or Path(__file__).resolve().parents[1])
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
@@ -96,7 +101,8 @@ def git_state(root: str | Path | None = None) -> dict[str, str]:
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         return {"git_sha": sha, "git_dirty": "true" if dirty else "false"}
     except (OSError, subprocess.SubprocessError):
-        return {"git_sha": "unknown", "git_dirty": "unknown"}
+        return {"git_sha": os.environ.get("BGWSOL_GIT_SHA", "unknown"),
+                "git_dirty": os.environ.get("BGWSOL_GIT_DIRTY", "unknown")}
 
 
 class RunLogger:

@@ -71,3 +71,16 @@ def test_the_written_pipeline_config_holds_no_password(tmp_path):
     text = save_config(cfg).read_text()
     assert "pa55w0rd" not in text
     assert yaml.safe_load(text)["tracking"]["tracking_uri"] == "https://ops:***@mlflow.internal"
+
+
+def test_git_state_outside_a_checkout_comes_from_the_job_environment(tmp_path, monkeypatch):
+    from bgwsol.tracking import git_state
+
+    monkeypatch.delenv("BGWSOL_GIT_SHA", raising=False)
+    monkeypatch.delenv("BGWSOL_GIT_DIRTY", raising=False)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above tmp_path
+    assert git_state(tmp_path) == {"git_sha": "unknown", "git_dirty": "unknown"}
+    monkeypatch.setenv("BGWSOL_GIT_SHA", "0123abc")
+    monkeypatch.setenv("BGWSOL_GIT_DIRTY", "false")
+    assert git_state(tmp_path) == {"git_sha": "0123abc", "git_dirty": "false"}
+    assert len(git_state()["git_sha"]) == 40  # this checkout: git itself wins
