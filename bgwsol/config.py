@@ -48,7 +48,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = option("bgwsol", "cam | bgwsol")
+    name: str = option("bgwsol", "cam | bgwsol | bas | eigencam (post-hoc on a CAM-trained model)")
     lambda_bg: float = option(1.0, "weight of the background term (mask -> 0, class -> uniform on background images)")
     lambda_obj: float = option(1.0, "weight of the object term (mask -> 1 on object images)")
     lambda_fg: float = option(0.5, "weight of the foreground-classification term CE(GAP(M*A))")
@@ -59,6 +59,11 @@ class MethodConfig:
     mask_loss: Literal["bce", "mse"] = option("bce", "CAM-to-mask loss")
     mask_warmup_epochs: int = option(2, "epochs before the mask and fg_cls terms switch on")
     alpha: float = option(0.8, "inference map: alpha * minmax(M) + (1 - alpha) * minmax(CAM)")
+    bas_lambda_ac: float = option(1.0, "BAS: weight of the activation map constraint (erased / full activation of the true class)")
+    bas_lambda_area: float = option(1.0, "BAS: weight of the area constraint mean(M_y)")
+    bas_lambda_fg: float = option(1.0, "BAS: weight of the foreground guidance CE(GAP(M_y * A))")
+    bas_warmup_epochs: int = option(2, "BAS: epochs of classification alone before its map terms switch on (from scratch, "
+                                       "the map collapses to 0 before the classifier can tell it where the class is)")
 
 
 @dataclass

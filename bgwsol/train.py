@@ -41,8 +41,9 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: RunConfig, num_classes: int, method: Method) -> WSOLNet:
+    """The backbone of ``cfg.model`` in the network ``method`` trains (WSOLNet, or e.g. BAS's BASNet)."""
     backbone = build_backbone(cfg.model.backbone, weights=cfg.model.weights or None)
-    return WSOLNet(backbone, num_classes, fg_head=method.needs_fg_head, fg_grad_scale=cfg.model.fg_grad_scale)
+    return method.build_network(backbone, num_classes, cfg.model)
 
 
 def map_variants(method: Method) -> dict[str, Method]:
@@ -111,8 +112,13 @@ def save_overlays(model: WSOLNet, method: Method, samples: list[Sample], cfg: Ru
     return grid(tiles, columns=6, path=path)
 
 
-def train_and_evaluate(cfg: RunConfig, splits: Splits | None = None, *, show_progress: bool = True) -> RunResult:
+def train_and_evaluate(cfg: RunConfig, splits: Splits | None = None, *, show_progress: bool = True,
+                       extra_maps: dict[str, Method] | None = None) -> RunResult:
     """Train ``cfg.method`` on ``cfg.data``, choose checkpoint and thresholds on validation, test once.
+
+    ``extra_maps`` adds named map variants scored on the trained model beside the method's own
+    (e.g. ``{"eigencam": EigenCAM}`` on a CAM run): each gets its own thresholds on validation
+    and is read in the same single pass over the test split.
 
     Writes into ``cfg.output_dir``: ``config.yaml``, ``checkpoints/{best,last}.pt``,
     ``history.jsonl`` (loss terms and validation metrics), ``results.json`` and
@@ -141,7 +147,7 @@ def train_and_evaluate(cfg: RunConfig, splits: Splits | None = None, *, show_pro
     steps_per_epoch = len(sampler)
     scheduler = cosine_with_warmup(optimizer, cfg.train.epochs * steps_per_epoch,
                                    int(cfg.train.warmup_epochs * steps_per_epoch))
-    variants = map_variants(method)
+    variants = {**map_variants(method), **(extra_maps or {})}
     history: list[dict] = []
     hist_file = (out_dir / "history.jsonl").open("w")
     best_score, best_epoch = -1.0, -1

@@ -5,5 +5,7 @@ from bgwsol.methods.registry import METHODS, Method, build_method
 # importing the modules registers them
 from bgwsol.methods import cam as _cam  # noqa: F401
 from bgwsol.methods import bgwsol as _bgwsol  # noqa: F401
+from bgwsol.methods import bas as _bas  # noqa: F401
+from bgwsol.methods import eigencam as _eigencam  # noqa: F401
 
 __all__ = ["METHODS", "Method", "build_method"]

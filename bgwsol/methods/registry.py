@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 if TYPE_CHECKING:
-    from bgwsol.config import MethodConfig
+    from bgwsol.config import MethodConfig, ModelConfig
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -27,15 +27,25 @@ class Method:
     """A WSOL method: which network parts it needs, its losses and its localization map.
 
     Subclasses set ``needs_fg_head`` and ``uses_background`` and implement :meth:`losses`
-    and :meth:`scoremaps`.
+    and :meth:`scoremaps`; one that needs another network overrides :meth:`build_network`.
+    A post-hoc method (a map computed from another method's trained model) names that
+    method in ``post_hoc_of``: comparisons score it on that method's runs instead of training it.
     """
 
     name: str = ""
     needs_fg_head: bool = False
     uses_background: bool = False
+    post_hoc_of: str | None = None
 
     def __init__(self, cfg: "MethodConfig"):
         self.cfg = cfg
+
+    def build_network(self, backbone: torch.nn.Module, num_classes: int, model_cfg: "ModelConfig") -> torch.nn.Module:
+        """The network this method trains: by default a :class:`~bgwsol.models.WSOLNet`, with
+        the foreground head when ``needs_fg_head``."""
+        from bgwsol.models import WSOLNet
+
+        return WSOLNet(backbone, num_classes, fg_head=self.needs_fg_head, fg_grad_scale=model_cfg.fg_grad_scale)
 
     def losses(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         """Loss terms for a batch; ``labels`` ``(B,)`` with -1 for background images.

@@ -4,13 +4,18 @@ Each builder returns a module mapping images ``(B, 3, H, W)`` to features ``(B, 
 and exposes ``out_channels`` and ``stride``. Pretrained weights come only from a local
 file (``weights=Path``); nothing is downloaded.
 
-| name        | what                                                   | stride | maps at 224 |
-|-------------|--------------------------------------------------------|--------|-------------|
-| resnet18    | torchvision ResNet-18, layer4 stride 1                 | 16     | 14 x 14     |
-| resnet50    | torchvision ResNet-50, layer4 stride 1                 | 16     | 14 x 14     |
-| vgg16       | VGG16 conv layers without pool5, plus conv 512->1024   | 16     | 14 x 14     |
-| inception_v3| InceptionV3 through Mixed_6e, plus conv 768->1024      | ~16    | 12 x 12     |
-| tiny        | a 4-stage ResNet of torchvision BasicBlocks, 32..256 ch | 8      | 28 x 28     |
+Each backbone also names a mid-level cut (``split``, ``mid_channels``): ``forward_mid`` runs
+the body up to it and ``forward_late`` the rest, over the same modules (no copies, the
+state-dict keys are the backbone's own). BAS puts its foreground generator on the mid-level
+features and sends the erased ones through the later layers.
+
+| name        | what                                                   | stride | maps at 224 | mid-level cut (BAS)      |
+|-------------|--------------------------------------------------------|--------|-------------|--------------------------|
+| resnet18    | torchvision ResNet-18, layer4 stride 1                 | 16     | 14 x 14     | after layer3 (stride 16) |
+| resnet50    | torchvision ResNet-50, layer4 stride 1                 | 16     | 14 x 14     | after layer3 (stride 16) |
+| vgg16       | VGG16 conv layers without pool5, plus conv 512->1024   | 16     | 14 x 14     | after conv4_3 (stride 8) |
+| inception_v3| InceptionV3 through Mixed_6e, plus conv 768->1024      | ~16    | 12 x 12     | after Mixed_5d (~8)      |
+| tiny        | a 4-stage ResNet of torchvision BasicBlocks, 32..256 ch | 8      | 28 x 28     | after stage 3 (stride 8) |
 
 ``tiny`` exists for CPU runs, tests and the synthetic benchmark (at 112 px it gives the
 14 x 14 maps a ResNet-50 gives at 224 px).
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -31,16 +36,46 @@ log = logging.getLogger(__name__)
 
 
 class _Features(nn.Module):
-    """Wraps a feature extractor with its channel count and output stride."""
+    """Wraps a feature extractor (an ``nn.Sequential``) with its channel count and output stride.
 
-    def __init__(self, body: nn.Module, out_channels: int, stride: int):
+    ``split`` indexes the body's first later-layer module: ``body[:split]`` gives the
+    mid-level features (``mid_channels`` channels), ``body[split:]`` the rest.
+    """
+
+    def __init__(self, body: nn.Sequential, out_channels: int, stride: int, *, split: int, mid_channels: int):
         super().__init__()
+        if not 0 < split < len(body):
+            raise ValueError(f"split {split} must cut the body of {len(body)} modules in two")
         self.body = body
         self.out_channels = out_channels
         self.stride = stride
+        self.split = split
+        self.mid_channels = mid_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+    def forward(self, x: torch.Tensor, *, stage: Literal["all", "mid", "late"] = "all") -> torch.Tensor:
+        """``stage="all"``: images -> features; ``"mid"``: images -> mid-level features;
+        ``"late"``: mid-level features -> features. (One entry point, so that
+        ``torch.func.functional_call`` can run any part with substituted weights.)"""
+        if stage == "all":
+            return self.body(x)
+        modules = list(self.body)
+        if stage == "mid":
+            modules = modules[:self.split]
+        elif stage == "late":
+            modules = modules[self.split:]
+        else:
+            raise ValueError(f"stage must be 'all', 'mid' or 'late', got {stage!r}")
+        for m in modules:
+            x = m(x)
+        return x
+
+    def forward_mid(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` -> mid-level features ``(B, mid_channels, h', w')``."""
+        return self(x, stage="mid")
+
+    def forward_late(self, x: torch.Tensor) -> torch.Tensor:
+        """Mid-level features -> the backbone's features ``(B, out_channels, h, w)``."""
+        return self(x, stage="late")
 
 
 def load_local_weights(module: nn.Module, path: str | Path) -> None:
@@ -71,7 +106,8 @@ def _resnet(builder: Callable[..., tvm.ResNet], weights: str | Path | None) -> _
     if block.downsample is not None:
         block.downsample[0].stride = (1, 1)
     body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
-    return _Features(body, net.fc.in_features, 16)
+    # mid-level = layer3's output, as BAS's ResNet-50 (its layer4 then sees the erased features)
+    return _Features(body, net.fc.in_features, 16, split=7, mid_channels=net.fc.in_features // 2)
 
 
 def resnet18(*, weights: str | Path | None = None) -> _Features:
@@ -91,7 +127,8 @@ def vgg16(*, weights: str | Path | None = None) -> _Features:
         load_local_weights(net, weights)
     convs = list(net.features.children())[:-1]  # drop pool5
     body = nn.Sequential(*convs, nn.Conv2d(512, 1024, 3, padding=1), nn.ReLU(inplace=True))
-    return _Features(body, 1024, 16)
+    # mid-level = relu4_3 (before pool4), as BAS's VGG16
+    return _Features(body, 1024, 16, split=23, mid_channels=512)
 
 
 def inception_v3(*, weights: str | Path | None = None) -> _Features:
@@ -102,7 +139,7 @@ def inception_v3(*, weights: str | Path | None = None) -> _Features:
     names = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
              "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"]
     body = nn.Sequential(*(getattr(net, n) for n in names), nn.Conv2d(768, 1024, 3, padding=1), nn.ReLU(inplace=True))
-    return _Features(body, 1024, 16)
+    return _Features(body, 1024, 16, split=names.index("Mixed_5d") + 1, mid_channels=288)
 
 
 def tiny(*, weights: str | Path | None = None, widths: tuple[int, ...] = (32, 64, 128, 256)) -> _Features:
@@ -119,7 +156,7 @@ def tiny(*, weights: str | Path | None = None, widths: tuple[int, ...] = (32, 64
         nn.Conv2d(3, w[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(inplace=True),
         stage(w[0], w[0], 1), stage(w[0], w[1], 2), stage(w[1], w[2], 2), stage(w[2], w[3], 1),
     )
-    feats = _Features(body, w[3], 8)
+    feats = _Features(body, w[3], 8, split=6, mid_channels=w[2])
     if weights is not None:
         load_local_weights(feats, weights)
     return feats

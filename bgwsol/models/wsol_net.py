@@ -35,7 +35,9 @@ class WSOLNet(nn.Module):
 
     * ``cams``: ``(B, K, h, w)`` class activation maps ``A = W . F`` (1x1 conv);
     * ``logits``: ``(B, K)`` = spatial mean of ``cams`` (GAP commutes with the 1x1 conv);
-    * ``fg_logits``: ``(B, 1, h, w)`` foreground-head logits, present when the head is.
+    * ``fg_logits``: ``(B, 1, h, w)`` foreground-head logits, present when the head is;
+    * ``features``: ``(B, C, h, w)`` the backbone features ``F`` themselves (the same tensor,
+      not a copy), for post-hoc maps such as Eigen-CAM.
 
     ``fg_grad_scale`` sets how much of the foreground head's gradient reaches the shared
     features: the head must not be bought with the classifier.
@@ -61,7 +63,7 @@ class WSOLNet(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         cams = self.classifier(features)
-        out = {"cams": cams, "logits": cams.mean(dim=(2, 3))}
+        out = {"cams": cams, "logits": cams.mean(dim=(2, 3)), "features": features}
         if self.fg_head is not None:
             out["fg_logits"] = self.fg_head(scale_grad(features, self.fg_grad_scale))
         return out

@@ -1,0 +1,124 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from bgwsol.compare import Comparison, compare, plan_runs
+from bgwsol.config import RunConfig, replace
+from bgwsol.train import RunResult
+
+FLOW = Path(__file__).resolve().parents[1] / "flows" / "compare_methods.py"
+
+
+def load_flow():
+    spec = importlib.util.spec_from_file_location("compare_methods", FLOW)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plan_scores_post_hoc_methods_on_their_source_runs():
+    assert plan_runs(["cam", "eigencam", "bas", "bgwsol"]) == {"cam": ["eigencam"], "bas": [], "bgwsol": []}
+    # Eigen-CAM alone still needs (and brings) the CAM runs
+    assert plan_runs(["eigencam"]) == {"cam": ["eigencam"]}
+    with pytest.raises(ValueError, match="known"):
+        plan_runs(["cam", "gradcam++"])
+
+
+def fake(values: dict[str, dict[str, float]]) -> RunResult:
+    return RunResult(Path("."), val={}, test=values, taus={50: 0.5}, history=[])
+
+
+def table(bgwsol_scores, bas_scores=(50.0, 52.0), cam=(40.0, 42.0), eig=(30.0, 34.0)):
+    results = {
+        "cam": [fake({"main": {"maxboxacc_v2": c, "top1_cls": 80.0}, "eigencam": {"maxboxacc_v2": e, "top1_cls": 80.0}})
+                for c, e in zip(cam, eig)],
+        "bas": [fake({"main": {"maxboxacc_v2": b, "top1_cls": 70.0}}) for b in bas_scores],
+        "bgwsol": [fake({"main": {"maxboxacc_v2": g, "top1_cls": 90.0}, "mask_only": {"maxboxacc_v2": 99.0}})
+                   for g in bgwsol_scores],
+    }
+    return Comparison(results, {"eigencam": "cam"}, ["cam", "eigencam", "bas", "bgwsol"])
+
+
+def test_table_rows_means_spread_bold_and_goal_met():
+    comp = table(bgwsol_scores=(60.0, 64.0))
+    rows = comp.rows()
+    assert [r["key"] for r in rows] == ["cam", "eigencam", "bas", "bgwsol", "bgwsol/mask_only"]
+    by = {r["key"]: r for r in rows}
+    assert by["eigencam"]["maxboxacc_v2"] == (32.0, 2.0)  # mean, population std over the 2 seeds
+    assert by["bas"]["maxboxacc_v2"] == (51.0, 1.0)
+    assert by["eigencam"]["per_seed"]["maxboxacc_v2"] == [30.0, 34.0]
+    md = comp.markdown()
+    assert "| eigencam (post-hoc, cam model) | 2 | 32.0 ± 2.0 |" in md
+    # the best method mean is bold; the variant row (99) is not a method and is not compared
+    assert "**62.0 ± 2.0**" in md and "**99.0" not in md
+    assert "Goal met" in md and "next best: bas, 51.0" in md
+
+
+def test_goal_line_says_when_bgwsol_is_below():
+    comp = table(bgwsol_scores=(45.0, 47.0))
+    goal = comp.goal()
+    assert goal.startswith("Goal NOT met") and "bas (51.0)" in goal and "cam" not in goal
+    assert goal in comp.markdown()
+    assert "**51.0 ± 1.0**" in comp.markdown()
+
+
+def test_flow_end_to_end_one_seed_with_mlflow(tiny_synthetic, tmp_path):
+    """flows/compare_methods.py on the tiny dataset: 3 trained methods + Eigen-CAM on the CAM run,
+    the table on disk and one MLflow parent run with a child per method."""
+    from mlflow import MlflowClient
+
+
+    paths, _ = tiny_synthetic
+    out, uri = tmp_path / "cmp", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = load_flow().main(["--data.root", str(paths.ilsvrc), "--data.background", str(paths.background), "--seeds", "0",
+               "--output_dir", str(out), "--data.val_fraction", "0.3", "--data.input_size", "48",
+               "--train.epochs", "1", "--train.batch_size", "8", "--train.log_every", "2", "--method.bas_warmup_epochs", "0",
+               "--eval.cam_curve_interval", "0.05", "--tracking.tracking_uri", uri, "--tracking.experiment", "cmp"])
+    assert rc == 0
+    # Eigen-CAM was not trained: scored on the CAM run, with its own validation thresholds
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bas-seed0", "bgwsol-seed0", "cam-seed0"]
+    cam = json.loads((out / "cam-seed0" / "results.json").read_text())
+    assert {"main", "eigencam"} <= set(cam["test"]) and {"main", "eigencam"} <= set(cam["val"])
+    bas = json.loads((out / "bas-seed0" / "results.json").read_text())
+    history = [json.loads(line) for line in (out / "bas-seed0" / "history.jsonl").read_text().splitlines()]
+    assert {"cls", "ac", "area", "fg"} <= {k for rec in history for k in rec}
+    saved = json.loads((out / "comparison.json").read_text())
+    keys = [r["key"] for r in saved["rows"]]
+    assert keys[:4] == ["cam", "eigencam", "bas", "bgwsol"]
+    for row in saved["rows"]:
+        for metric in ("maxboxacc_v2", "gt_known_loc", "top1_loc", "top5_loc", "top1_cls", "pxap"):
+            mean, std = row[metric]
+            assert 0.0 <= mean <= 100.0 and std == 0.0
+    assert saved["rows"][2]["maxboxacc_v2"][0] == pytest.approx(bas["test"]["main"]["maxboxacc_v2"])
+    md = (out / "comparison.md").read_text()
+    assert md.startswith("| method | seeds | MaxBoxAccV2") and "Goal" in md
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cmp").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_name == "compare-methods"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert set(children) == {"cam", "eigencam", "bas", "bgwsol"}
+    assert children["eigencam"].data.params["trained_as"] == "cam"
+    for name, child in children.items():
+        row = next(r for r in saved["rows"] if r["key"] == name)
+        assert child.data.metrics["maxboxacc_v2_mean"] == pytest.approx(row["maxboxacc_v2"][0])
+        assert child.data.metrics["maxboxacc_v2_std"] == pytest.approx(0.0)
+    assert "mask_only.maxboxacc_v2_mean" in children["bgwsol"].data.metrics
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"comparison.md", "comparison.json"}
+
+
+@pytest.mark.ray
+def test_runs_as_ray_tasks(tiny_synthetic, tmp_path, ray_local):
+    paths, _ = tiny_synthetic
+    base = replace(RunConfig(), **{
+        "output_dir": str(tmp_path / "ray"), "data.root": str(paths.ilsvrc), "data.background": str(paths.background),
+        "data.val_fraction": 0.3, "data.input_size": 48, "train.epochs": 1, "train.batch_size": 8,
+        "eval.cam_curve_interval": 0.05})
+    comp = compare(base, ["eigencam"], [0, 1], ray="local", cpus_per_run=1)
+    assert [len(comp.results["cam"])] == [2] and {"main", "eigencam"} <= set(comp.results["cam"][1].test)
+    assert comp.results["cam"][1].output_dir == tmp_path / "ray" / "cam-seed1"
+    assert (tmp_path / "ray" / "cam-seed0" / "results.json").is_file()
+    assert [r["key"] for r in comp.rows()] == ["cam", "eigencam"]
