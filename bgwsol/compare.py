@@ -200,6 +200,15 @@ def _absolute(path: str) -> str:
     return str(Path(path).resolve()) if path and "://" not in path else path
 
 
+def outputs_text(output_dir: str | Path, methods: list[str], seed: int) -> str:
+    """Where a comparison's files are (what the comparison flows print at the end)."""
+    out = Path(output_dir)
+    lines = [f"\nOutputs: {out.resolve()}", f"  table:    {out / 'comparison.md'} and comparison.json"]
+    lines += [f"  {m}: {out / f'{m}-seed{seed}'}/{{results.json,history.jsonl,overlays_test.png,config.yaml}}"
+              for m in methods]
+    return "\n".join(lines)
+
+
 def compare(base: RunConfig, methods: list[str], seeds: list[int], *, show_progress: bool = True, ray: str = "",
             cpus_per_run: float = 1.0, synthetic: tuple[str | Path, object] | None = None,
             tracking=None) -> Comparison:

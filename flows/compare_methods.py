@@ -77,20 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         synthetic = (args.synthetic_dir, syn)
         cfg = replace(cfg, **{"data.root": str(paths.ilsvrc), "data.background": str(paths.background)})
         logging.info("synthetic ILSVRC at %s, background set at %s", paths.ilsvrc, paths.background)
-    from bgwsol.compare import compare  # after logging is configured; pulls in torch
+    from bgwsol.compare import compare, outputs_text  # after logging is configured; pulls in torch
 
     tracking = TrackingConfig(tracking_uri=args.tracking_uri, experiment=args.experiment)
     t0 = time.time()
     comparison = compare(cfg, args.methods, args.seeds, ray=args.ray, cpus_per_run=args.cpus_per_run,
                          synthetic=synthetic, tracking=tracking)
-    out = Path(cfg.output_dir)
     print(f"\nTest split, {len(args.seeds)} seed(s), checkpoints and thresholds chosen on validation "
           f"({time.time() - t0:.0f} s):\n")
     print(comparison.markdown())
-    print(f"\nOutputs: {out.resolve()}")
-    print(f"  table:    {out / 'comparison.md'} and comparison.json")
-    for method in comparison.results:
-        print(f"  {method}: {out / f'{method}-seed{args.seeds[0]}'}/{{results.json,history.jsonl,overlays_test.png,config.yaml}}")
+    print(outputs_text(cfg.output_dir, list(comparison.results), args.seeds[0]))
     return 0
 
 
