@@ -34,6 +34,37 @@ RUN_FILE = "bgwsol_run.json"  # beside Ray Train's own files: what the run train
 RESUMABLE = ("output_dir", "train.epochs", "train.eval_every", "train.log_every", "data.num_workers", "eval.")
 
 
+def intact_shards(cfg: RunConfig, shards, uses_background: bool) -> dict:
+    """The shards a run reads, without damaged ones, decided once on the driver for every rank.
+
+    Damaged shards (missing, or not the size the manifest records: a cut-off upload) are left
+    out, counted and reported; a streaming tar reader would stop early at a cut without a word.
+    Every rank must get the same list, or their step counts differ and DDP hangs. Returns
+    ``{"train", "val", "background": [url], "train_count", "damaged": {url: reason}, "lost"}``;
+    raises ShardSetError when no training shard is left. ``shards``: the run's open ShardSet.
+    """
+    from bgwsol.data.shardset import ShardSet, ShardSetError
+
+    train, train_count, damaged = shards.usable("train")
+    val, val_count, bad_val = shards.usable("val")
+    damaged.update(bad_val)
+    background = None
+    if uses_background:
+        if not cfg.data.background_shards:
+            raise ValueError(f"method {cfg.method.name!r} needs background images: set data.background_shards")
+        background, _, bad_bg = ShardSet.open(cfg.data.background_shards).usable("background")
+        damaged.update(bad_bg)
+    lost = shards.count("train") - train_count + shards.count("val") - val_count
+    if damaged:
+        log.warning("%d damaged shards left out (%d samples of the dataset): %s", len(damaged), lost,
+                    "; ".join(f"{u}: {why}" for u, why in damaged.items()))
+    if not train or (uses_background and not background):
+        raise ShardSetError(f"no intact training shards left in {cfg.data.shards}"
+                            + (f" / {cfg.data.background_shards}" if uses_background else ""))
+    return {"train": train, "val": val, "background": background, "train_count": train_count,
+            "damaged": damaged, "lost": lost}
+
+
 class IncompatibleRun(RuntimeError):
     """A run name whose checkpoints were trained with another model, method, data or schedule."""
 
@@ -128,7 +159,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from bgwsol.config import flatten
     from bgwsol.data.loader import EvalStream, TrainStream, collate_eval, normalize
-    from bgwsol.data.shardset import ShardSet, ShardSetError
+    from bgwsol.data.shardset import ShardSet
     from bgwsol.evaluate import evaluate, overlay_grid
     from bgwsol.methods import build_method
     from bgwsol.tracking import RunLogger, TrackingConfig, git_state
@@ -145,11 +176,6 @@ def train_loop_per_worker(config: dict) -> None:
 
     shards = ShardSet.open(cfg.data.shards)
     method = build_method(cfg.method)
-    background = None
-    if method.uses_background:
-        if not cfg.data.background_shards:
-            raise ValueError(f"method {cfg.method.name!r} needs background images: set data.background_shards")
-        background = ShardSet.open(cfg.data.background_shards)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, len(shards.classes), method)
     if use_amp:
@@ -162,21 +188,10 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.train.batch_size % world:
         raise ValueError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world} workers")
     rank_batch = cfg.train.batch_size // world
-    # damaged shards (missing, or not the size the manifest records: a cut-off upload) are left
-    # out, counted and reported; a streaming tar reader would stop early at a cut without a word
-    train_urls, train_count, damaged = shards.usable("train")
-    val_urls, val_count, bad_val = shards.usable("val")
-    bg_urls, _, bad_bg = background.usable("background") if background else (None, 0, {})
-    damaged.update(bad_val)
-    damaged.update(bad_bg)
-    lost = shards.count("train") - train_count + shards.count("val") - val_count
-    if damaged and rank == 0:
-        log.warning("%d damaged shards left out (%d samples of the dataset): %s", len(damaged), lost,
-                    "; ".join(f"{u}: {why}" for u, why in damaged.items()))
-    if not train_urls or (background is not None and not bg_urls):
-        raise ShardSetError(f"no intact training shards left in {cfg.data.shards}"
-                            + (f" / {cfg.data.background_shards}" if background is not None else ""))
-    steps = TrainStream.steps_for(train_count, world, rank_batch, cfg.data.bg_ratio, background is not None)
+    plan = config["shards"]  # the intact shards, the same list for every rank (intact_shards)
+    train_urls, val_urls, bg_urls = plan["train"], plan["val"], plan["background"]
+    damaged, lost = plan["damaged"], plan["lost"]
+    steps = TrainStream.steps_for(plan["train_count"], world, rank_batch, cfg.data.bg_ratio, bg_urls is not None)
     scheduler = cosine_with_warmup(optimizer, cfg.train.epochs * steps, int(cfg.train.warmup_epochs * steps))
 
     start_epoch, best_score, history, mlflow_run_id = 0, -1.0, [], None
@@ -299,6 +314,7 @@ def fit(cfg: RunConfig, cluster: ClusterConfig, tracking=None, callbacks: list |
 
     from bgwsol.data.shardset import ShardSet
     from bgwsol.data.storage import check_access
+    from bgwsol.methods import build_method
     from bgwsol.tracking import check_tracking
 
     name = cluster.run_name or default_run_name(cfg)
@@ -306,8 +322,10 @@ def fit(cfg: RunConfig, cluster: ClusterConfig, tracking=None, callbacks: list |
     # refuse what cannot work before any worker starts (a restart would only repeat the failure)
     if tracking is not None:
         check_tracking(tracking)
-    if claim_run(loc.join(name), cfg, ShardSet.open(cfg.data.shards).digest):
+    shards = ShardSet.open(cfg.data.shards)
+    if claim_run(loc.join(name), cfg, shards.digest):
         log.info("run %s exists under %s: continuing from its latest checkpoint", name, loc.url)
+    plan = intact_shards(cfg, shards, build_method(cfg.method).uses_background)
     run_config = ray.train.RunConfig(
         name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem(),
         failure_config=ray.train.FailureConfig(max_failures=cluster.max_failures),
@@ -316,7 +334,7 @@ def fit(cfg: RunConfig, cluster: ClusterConfig, tracking=None, callbacks: list |
         callbacks=callbacks or [])
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": to_dict(cfg), "cluster": to_dict(cluster), "run_name": name,
+        train_loop_config={"run": to_dict(cfg), "cluster": to_dict(cluster), "run_name": name, "shards": plan,
                            "tracking": to_dict(tracking) if tracking is not None else {},
                            "parent_run_id": parent_run_id},
         scaling_config=ray.train.ScalingConfig(num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,

@@ -106,10 +106,11 @@ class ShardSet:
         for name in [split] if split else self.splits:
             for entry in self.shards(name):
                 loc = self.location.join(entry["name"])
-                if not loc.exists():
+                size = loc.size() if loc.exists() else None
+                if size is None:
                     bad[loc.url] = "listed in the manifest but missing"
-                elif loc.size() != entry["bytes"]:
-                    bad[loc.url] = f"{loc.size()} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
+                elif size != entry["bytes"]:
+                    bad[loc.url] = f"{size} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
                 elif checksums and hashlib.sha256(loc.read_bytes()).hexdigest() != entry["sha256"]:
                     bad[loc.url] = "SHA-256 differs from the manifest"
         return bad
