@@ -2,6 +2,7 @@
 
 import io
 import json
+import random
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from bgwsol.data.etl import write_tar
-from bgwsol.data.loader import CropFlip, EvalStream, TrainStream, collate_eval, normalize, pil_to_uint8
+from bgwsol.data.loader import CropFlip, EvalStream, TrainStream, collate_eval, normalize
 from bgwsol.data.storage import Location
 
 
@@ -102,14 +103,16 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
 
 
 def test_augmentation_moves_boxes_with_the_pixels():
-    torch.manual_seed(0)
     s = _sample("k", 0, size=(64, 48), box=(10, 8, 41, 33))
     image = Image.open(io.BytesIO(s["jpg"])).convert("RGB")
-    crop_flip = CropFlip(32)
-    inside_means, outside_means = [], []
+    crop_flip = CropFlip(32, rng=random.Random(0))
+    inside_means, outside_means, flipped = [], [], 0
+    crop_flip_no_flip = CropFlip(32, flip_p=0.0, rng=random.Random(0))
     for _ in range(30):
         out, boxes = crop_flip(image, np.array([[10, 8, 41, 33]]))
-        gray = pil_to_uint8(out).float().mean(0)
+        assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+        flipped += not np.array_equal(out, crop_flip_no_flip(image, np.zeros((0, 4)))[0])
+        gray = torch.from_numpy(out.copy()).float().mean(2)
         if not len(boxes):
             continue
         x0, y0, x1, y1 = boxes[0].tolist()
@@ -119,8 +122,25 @@ def test_augmentation_moves_boxes_with_the_pixels():
         inside_means.append(float(inside.mean()))
         if mask.any():
             outside_means.append(float(gray[mask].mean()))
-    assert len(inside_means) > 20
+    assert len(inside_means) > 20 and 5 < flipped < 25
     assert min(inside_means) > 170 and max(outside_means) < 90
+
+
+def test_crop_window_follows_the_random_resized_crop_rule():
+    """Windows lie inside the image with area fraction in ``scale`` and aspect in 3/4..4/3 (up to
+    rounding), the same seed gives the same windows, and an image too thin for any window gets
+    the largest central one."""
+    a, b = CropFlip(32, scale=(0.4, 1.0), rng=random.Random(7)), CropFlip(32, scale=(0.4, 1.0), rng=random.Random(7))
+    windows = [a.window(341, 256) for _ in range(500)]
+    assert windows == [b.window(341, 256) for _ in range(500)]
+    for left, top, w, h in windows:
+        assert 0 <= left and left + w <= 341 and 0 <= top and top + h <= 256
+        assert 0.4 - 0.01 <= w * h / (341 * 256) <= 1.0
+        assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02
+    fractions = sorted(w * h / (341 * 256) for _, _, w, h in windows)
+    assert fractions[len(fractions) // 2] < 0.75  # not stuck on the fallback (the whole image)
+    assert a.window(400, 20) == ((400 - 27) // 2, 0, 27, 20)
+    assert a.window(20, 400) == (0, (400 - 27) // 2, 20, 27)
 
 
 def test_normalize_matches_torchvision():
