@@ -17,13 +17,11 @@ of the child and every process under it (Ray's GCS, raylet, workers) is sampled 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 

@@ -41,8 +41,10 @@ class PipelineConfig:
 
     dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "dataset layout of --source: ilsvrc | cub")
     output_dir: str = option("outputs/train_ilsvrc", "tables, logs and the local MLflow store")
-    source: str = option("", "dataset root in its own layout; empty: the embedded synthetic dataset of that layout")
-    background: str = option("", "background image folder; empty: the synthetic background set")
+    source: str = option("", "dataset root in its own layout, a folder or s3://bucket/prefix; empty: the embedded "
+                             "synthetic dataset of that layout")
+    background: str = option("", "background image folder (local or s3://bucket/prefix); empty: the synthetic "
+                                 "background set")
     shards_dir: str = option("data/shards", "where shards go (local folder or s3://bucket/prefix); "
                              "<dataset>/ and background/ below it")
     model_name: str = option("", "registered model name (empty: bgwsol-<dataset>)")
@@ -73,7 +75,6 @@ def prepare_shards(cfg: PipelineConfig) -> tuple[str, str]:
     """Shard the dataset and the background set (or reuse them); returns their URLs."""
     from bgwsol.data.background import read_background_folder
     from bgwsol.data.etl import SplitListing, dataset_listings, listing_rows
-    from bgwsol.data.splits import read_dataset
     from bgwsol.data.storage import Location
 
     source, background = cfg.source, cfg.background
@@ -85,11 +86,11 @@ def prepare_shards(cfg: PipelineConfig) -> tuple[str, str]:
         background = background or str(paths.background)
     etl = replace(cfg.etl, val_fraction=cfg.run.data.val_fraction)
     root = Location.parse(cfg.shards_dir)
-    _, _, classes, names = read_dataset(cfg.dataset, source)
-    data = _shard_or_reuse(lambda: dataset_listings(cfg.dataset, source, etl.val_fraction)[0],
-                           root.join(cfg.dataset).url, cfg.dataset, classes, names, etl, str(Path(source).resolve()))
+    listings, classes, names = dataset_listings(cfg.dataset, source, etl.val_fraction)  # one listing of the source
+    data = _shard_or_reuse(lambda: listings,
+                           root.join(cfg.dataset).url, cfg.dataset, classes, names, etl, Location.parse(source).url)
     bg = _shard_or_reuse(lambda: [SplitListing("background", listing_rows(read_background_folder(background), []))],
-                         root.join("background").url, "background", [], None, etl, str(Path(background).resolve()))
+                         root.join("background").url, "background", [], None, etl, Location.parse(background).url)
     return data.location.url, bg.location.url
 
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from bgwsol.boxes import resize_boxes
-from bgwsol.config import MethodConfig, RunConfig, to_dict, write_yaml
+from bgwsol.config import RunConfig, to_dict, write_yaml
 from bgwsol.data.dataset import MixedBatchSampler, SampleDataset, eval_transform, load_rgb, train_transform
 from bgwsol.data.records import Sample
 from bgwsol.data.splits import Splits, load_splits

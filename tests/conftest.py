@@ -10,6 +10,16 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from bgwsol.mlflow_server import free_port  # noqa: E402,F401  (tests import it from here)
 
 
+def upload_tree(folder, url: str) -> None:
+    """Copy every file below ``folder`` to ``url`` (an s3:// prefix), keeping relative paths."""
+    from bgwsol.data.storage import Location
+
+    root = Location.parse(url)
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            root.join(p.relative_to(folder).as_posix()).write_bytes(p.read_bytes())
+
+
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory):
     """A small synthetic ILSVRC + CUB + background set (3 classes)."""

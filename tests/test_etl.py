@@ -14,6 +14,7 @@ from bgwsol.data.imageproc import scale_boxes
 from bgwsol.data.background import read_background_folder
 from bgwsol.data.shardset import ShardSet, ShardSetError
 from bgwsol.data.storage import Location
+from conftest import upload_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3]
 
@@ -166,3 +167,56 @@ def test_verify_detects_a_damaged_shard(tiny_synthetic, ray_local, tmp_path):
     assert list(bad) == [cut.url] and cut.url not in urls
     assert count == shards.count("test") - shards.shards("test")[-1]["count"]
     assert shards.usable("train")[2] == {}  # a split's damage is its own
+
+
+def _without_paths(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("path", "mask_path")} | {"has_mask": bool(r["mask_path"])}
+            for r in rows]
+
+
+@pytest.mark.parametrize("dataset", ["ilsvrc", "cub"])
+def test_a_dataset_in_a_bucket_gives_the_shards_of_its_folder(tiny_synthetic, ray_local, bucket, dataset, tmp_path):
+    """ILSVRC / CUB read from s3:// (listings instead of stats, bytes fetched in the Ray tasks):
+    the same samples, splits and masks as from the folder, and byte-identical shards."""
+    paths, _ = tiny_synthetic
+    src = f"s3://{bucket}/src/{dataset}"
+    upload_tree(getattr(paths, dataset), src)
+    local, classes, names = dataset_listings(dataset, getattr(paths, dataset), CFG.val_fraction)
+    remote, remote_classes, remote_names = dataset_listings(dataset, src, CFG.val_fraction)
+    assert (remote_classes, remote_names) == (classes, names)
+    assert [x.name for x in remote] == [x.name for x in local] == ["train", "val", "test"]
+    for a, b in zip(local, remote):
+        assert _without_paths(b.rows) == _without_paths(a.rows) and b.rows
+        assert all(r["path"].startswith(src + "/") for r in b.rows)
+        assert all(r["mask_path"].startswith(src + "/") for r in b.rows if r["mask_path"])
+    assert any(r["mask_path"] for x in remote for r in x.rows)
+    from_folder = write_shard_set(local, str(tmp_path / "from_folder"), dataset=dataset, classes=classes, cfg=CFG)
+    from_bucket = write_shard_set(remote, f"s3://{bucket}/shards", dataset=dataset, classes=classes, cfg=CFG)
+    for split in ("train", "val", "test"):
+        assert ([(s["name"], s["count"], s["sha256"]) for s in from_bucket.shards(split)]
+                == [(s["name"], s["count"], s["sha256"]) for s in from_folder.shards(split)])
+    assert from_bucket.manifest["rejects"]["count"] == 0
+
+
+def test_a_background_folder_in_a_bucket(tiny_synthetic, bucket):
+    paths, cfg = tiny_synthetic
+    upload_tree(paths.background, f"s3://{bucket}/bg")
+    Location.parse(f"s3://{bucket}/bg/notes.txt").write_bytes(b"not an image")
+    remote = read_background_folder(f"s3://{bucket}/bg")
+    local = read_background_folder(paths.background)
+    assert [s.image_id for s in remote] == [s.image_id for s in local] and len(remote) == cfg.num_background
+    assert [str(s.path) for s in remote] == [f"s3://{bucket}/bg/{s.image_id}" for s in local]
+
+
+def test_a_bucket_source_that_is_not_a_dataset_is_named(tiny_synthetic, bucket):
+    from bgwsol.data.records import DatasetFormatError
+    from bgwsol.data.splits import read_dataset
+
+    paths, _ = tiny_synthetic
+    with pytest.raises(DatasetFormatError, match=rf"dataset root 's3://{bucket}/nothing-here' does not exist"):
+        read_dataset("ilsvrc", f"s3://{bucket}/nothing-here")
+    upload_tree(paths.ilsvrc / "Data", f"s3://{bucket}/half/Data")
+    with pytest.raises(DatasetFormatError, match=rf"s3://{bucket}/half/LOC_synset_mapping.txt: missing"):
+        read_dataset("ilsvrc", f"s3://{bucket}/half")
+    with pytest.raises(DatasetFormatError, match=rf"s3://{bucket}/half/classes.txt: missing"):
+        read_dataset("cub", f"s3://{bucket}/half")

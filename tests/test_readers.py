@@ -112,7 +112,9 @@ def test_missing_image_names_the_csv_line(ilsvrc_copy):
 
 
 def test_class_folder_not_in_mapping(ilsvrc_copy):
-    (ilsvrc_copy / "Data/CLS-LOC/train/n99999999").mkdir()
+    stray = ilsvrc_copy / "Data/CLS-LOC/train/n99999999"
+    stray.mkdir()
+    next((ilsvrc_copy / "Data/CLS-LOC/train").glob("*/*.JPEG")).rename(stray / "x.JPEG")
     with pytest.raises(DatasetFormatError, match="n99999999 is not in LOC_synset_mapping.txt"):
         read_ilsvrc(ilsvrc_copy, "train")
 

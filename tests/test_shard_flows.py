@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bgwsol.data.shardset import ShardSet
+from conftest import upload_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3]
 FLOWS = Path(__file__).resolve().parents[1] / "flows"
@@ -33,6 +34,23 @@ def test_shard_ilsvrc_flow_to_s3(tiny_synthetic, ray_local, bucket, capsys):
     assert sum(shards.count(s) for s in shards.splits) == total
     assert f"s3://{bucket}/ilsvrc" in out and "rejected           0" in out
     assert shards.manifest["etl"]["samples_per_shard"] == 10
+
+
+def test_shard_flows_read_a_source_in_a_bucket(tiny_synthetic, ray_local, bucket, capsys):
+    """CUB and a background folder that live in the bucket: bucket in, shards out, source recorded."""
+    paths, cfg = tiny_synthetic
+    upload_tree(paths.cub, f"s3://{bucket}/raw/CUB_200_2011")
+    upload_tree(paths.background, f"s3://{bucket}/raw/background")
+    assert load_flow("shard_cub").main(["--source", f"s3://{bucket}/raw/CUB_200_2011", "--output",
+                                        f"s3://{bucket}/shards/cub", "--etl.max_short_side", "48"]) == 0
+    assert load_flow("shard_background").main(["--source", f"s3://{bucket}/raw/background", "--output",
+                                               f"s3://{bucket}/shards/bg", "--etl.max_short_side", "48"]) == 0
+    cub, bg = ShardSet.open(f"s3://{bucket}/shards/cub"), ShardSet.open(f"s3://{bucket}/shards/bg")
+    assert sum(cub.count(s) for s in cub.splits) == cfg.num_classes * (cfg.cub_train_per_class + cfg.cub_test_per_class)
+    assert bg.count("background") == cfg.num_background
+    assert cub.manifest["source"] == f"s3://{bucket}/raw/CUB_200_2011"
+    assert bg.manifest["source"] == f"s3://{bucket}/raw/background"
+    assert "rejected           0" in capsys.readouterr().out
 
 
 def test_shard_background_flow_crawls_a_url_list(tiny_synthetic, ray_local, bucket, tmp_path, capsys):

@@ -1,26 +1,22 @@
-"""Reader of a background-image folder: every image file below it, label -1."""
+"""Reader of a background-image folder (local or an ``s3://`` prefix): every image file below it, label -1."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bgwsol.data.records import BACKGROUND_LABEL, DatasetFormatError, Sample
+from bgwsol.data.source_tree import SourceTree
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-def read_background_folder(root: str | Path) -> list[Sample]:
-    """Background samples under ``root`` (recursive), sorted by relative path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetFormatError(f"{root}: background folder not found")
-    samples = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if name.lower().endswith(SUFFIXES):
-                path = Path(dirpath) / name
-                samples.append(Sample(str(path.relative_to(root)), path, BACKGROUND_LABEL, source="background"))
+def read_background_folder(root: str | Path | SourceTree) -> list[Sample]:
+    """Background samples under ``root`` (recursive, one listing), sorted by relative path."""
+    tree = SourceTree(root)
+    if not tree.exists():
+        raise DatasetFormatError(f"{tree.url}: background folder not found")
+    samples = [Sample(rel, tree.path(rel), BACKGROUND_LABEL, source="background")
+               for rel in tree.files("") if rel.lower().endswith(SUFFIXES)]
     if not samples:
-        raise DatasetFormatError(f"{root}: no images ({', '.join(SUFFIXES)}) in the background folder")
-    return sorted(samples, key=lambda s: s.image_id)
+        raise DatasetFormatError(f"{tree.url}: no images ({', '.join(SUFFIXES)}) in the background folder")
+    return samples

@@ -76,11 +76,15 @@ class FetchError(Exception):
 
 
 def read_url_list(path: str | Path) -> list[UrlEntry]:
-    """Parse a URL list (plain or CSV with ``url`` [, ``license``] header); errors name file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: URL list not found")
-    text = path.read_text()
+    """Parse a URL list (plain or CSV with ``url`` [, ``license``] header), a local file or an
+    ``s3://`` object; errors name file and line."""
+    from bgwsol.data.storage import Location
+
+    loc = Location.parse(path)
+    if not loc.is_s3 and not Path(loc.fs_path).is_file():
+        raise DatasetFormatError(f"{loc.url}: URL list not found")
+    text = loc.read_bytes().decode()  # a missing s3 object: StorageError "<url>: not found"
+    path = loc.url
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
     entries: list[UrlEntry] = []
@@ -103,7 +107,7 @@ def read_url_list(path: str | Path) -> list[UrlEntry]:
     return entries
 
 
-def _checked(e: UrlEntry, path: Path) -> UrlEntry:
+def _checked(e: UrlEntry, path: str) -> UrlEntry:
     p = urlparse(e.url)
     if p.scheme not in ("http", "https") or not p.netloc:
         raise DatasetFormatError(f"{path}:{e.line}: {e.url!r} is not an http(s) URL")

@@ -13,37 +13,41 @@ from pathlib import Path
 import numpy as np
 
 from bgwsol.data.records import DatasetFormatError, Sample
+from bgwsol.data.source_tree import SourceTree
 
 
-def _read_table(path: Path, ncols: int) -> dict[int, tuple[list[str], int]]:
+def _read_table(tree: SourceTree, name: str, ncols: int) -> dict[int, tuple[list[str], int]]:
     """``{id: (fields, lineno)}`` of a whitespace table whose first column is an image id."""
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: missing")
+    where = tree.where(name)
     out: dict[int, tuple[list[str], int]] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(tree.read_text(name).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=ncols - 1) if ncols > 1 else line.split()
         if len(parts) != ncols or not parts[0].isdigit():
-            raise DatasetFormatError(f"{path}:{lineno}: expected {ncols} fields starting with an id, got {line!r}")
+            raise DatasetFormatError(f"{where}:{lineno}: expected {ncols} fields starting with an id, got {line!r}")
         key = int(parts[0])
         if key in out:
-            raise DatasetFormatError(f"{path}:{lineno}: id {key} listed twice")
+            raise DatasetFormatError(f"{where}:{lineno}: id {key} listed twice")
         out[key] = (parts[1:], lineno)
     return out
 
 
-def read_cub(root: str | Path, split: str) -> tuple[list[Sample], list[str]]:
-    """Samples of ``split`` (``"train"`` or ``"test"``) and class names (index = label - 1)."""
+def read_cub(root: str | Path | SourceTree, split: str) -> tuple[list[Sample], list[str]]:
+    """Samples of ``split`` (``"train"`` or ``"test"``) and class names (index = label - 1).
+
+    ``root`` is a local folder or an ``s3://`` prefix; ``images/`` and ``masks/`` are listed once.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"CUB split must be 'train' or 'test', got {split!r}")
-    root = Path(root)
-    classes_t = _read_table(root / "classes.txt", 2)
+    tree = SourceTree(root)
+    classes_t = _read_table(tree, "classes.txt", 2)
     class_names = [classes_t[k][0][0] for k in sorted(classes_t)]
-    images = _read_table(root / "images.txt", 2)
-    labels = _read_table(root / "image_class_labels.txt", 2)
-    splits = _read_table(root / "train_test_split.txt", 2)
-    boxes = _read_table(root / "bounding_boxes.txt", 5)
+    images = _read_table(tree, "images.txt", 2)
+    labels = _read_table(tree, "image_class_labels.txt", 2)
+    splits = _read_table(tree, "train_test_split.txt", 2)
+    boxes = _read_table(tree, "bounding_boxes.txt", 5)
+    present, masks = set(tree.files("images")), set(tree.files("masks"))
     want = 1 if split == "train" else 0
     samples: list[Sample] = []
     for image_id, (fields, lineno) in sorted(images.items()):
@@ -51,26 +55,30 @@ def read_cub(root: str | Path, split: str) -> tuple[list[Sample], list[str]]:
         for table, name in ((labels, "image_class_labels.txt"), (splits, "train_test_split.txt"),
                             (boxes, "bounding_boxes.txt")):
             if image_id not in table:
-                raise DatasetFormatError(f"{root / name}: no row for image {image_id} ({root / 'images.txt'}:{lineno})")
+                raise DatasetFormatError(f"{tree.where(name)}: no row for image {image_id} "
+                                         f"({tree.where('images.txt')}:{lineno})")
         if int(splits[image_id][0][0]) != want:
             continue
         label_fields, label_line = labels[image_id]
         label = int(label_fields[0]) - 1
         if not 0 <= label < len(class_names):
-            raise DatasetFormatError(f"{root / 'image_class_labels.txt'}:{label_line}: class {label + 1} not in classes.txt")
+            raise DatasetFormatError(f"{tree.where('image_class_labels.txt')}:{label_line}: class {label + 1} "
+                                     "not in classes.txt")
         box_fields, box_line = boxes[image_id]
         try:
             x, y, w, h = (float(v) for v in box_fields)
         except ValueError:
-            raise DatasetFormatError(f"{root / 'bounding_boxes.txt'}:{box_line}: non-numeric box {box_fields}") from None
+            raise DatasetFormatError(f"{tree.where('bounding_boxes.txt')}:{box_line}: non-numeric box {box_fields}") \
+                from None
         if w < 0 or h < 0:
-            raise DatasetFormatError(f"{root / 'bounding_boxes.txt'}:{box_line}: negative width or height")
-        path = root / "images" / rel
-        if not path.is_file():
-            raise DatasetFormatError(f"{root / 'images.txt'}:{lineno}: image {path} not found")
-        mask = root / "masks" / (os.path.splitext(rel)[0] + ".png")
-        samples.append(Sample(rel, path, label, np.array([[int(x), int(y), int(x + w), int(y + h)]], np.int64),
-                              mask_path=mask if mask.is_file() else None, source="cub"))
+            raise DatasetFormatError(f"{tree.where('bounding_boxes.txt')}:{box_line}: negative width or height")
+        if rel not in present:
+            raise DatasetFormatError(f"{tree.where('images.txt')}:{lineno}: image {tree.where('images/' + rel)} "
+                                     "not found")
+        mask = os.path.splitext(rel)[0] + ".png"
+        samples.append(Sample(rel, tree.path(f"images/{rel}"), label,
+                              np.array([[int(x), int(y), int(x + w), int(y + h)]], np.int64),
+                              mask_path=tree.path(f"masks/{mask}") if mask in masks else None, source="cub"))
     if not samples:
-        raise DatasetFormatError(f"{root}: no images in split {split!r}")
+        raise DatasetFormatError(f"{tree.url}: no images in split {split!r}")
     return samples, class_names

@@ -35,6 +35,7 @@ import pyarrow as pa
 from bgwsol.config import option
 from bgwsol.data.imageproc import RejectedImage, process_image
 from bgwsol.data.records import Sample
+from bgwsol.data.source_tree import read_source
 from bgwsol.data.shardset import MANIFEST_NAME, REJECTS_NAME, FORMAT, ShardSet, manifest_bytes
 from bgwsol.data.storage import Location, check_access
 
@@ -108,14 +109,6 @@ def shard_order(rows: list[dict]) -> list[dict]:
 def assign_shards(ordered: list[dict], per_shard: int) -> list[list[dict]]:
     """Cut rows already in :func:`shard_order` into shards of ``per_shard`` (the last one shorter)."""
     return [ordered[i:i + per_shard] for i in range(0, len(ordered), per_shard)]
-
-
-def read_source(path: str) -> bytes:
-    """Bytes of a source file: a local path or an ``s3://`` URL."""
-    if path.startswith("s3://"):
-        return Location.parse(path).read_bytes()
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def per_shard_count(ordered: list[dict], cfg: ShardConfig, probe: int = 16) -> int:

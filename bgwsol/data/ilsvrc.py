@@ -6,6 +6,7 @@ Splits: ``train`` lists ``Data/CLS-LOC/train/<wnid>/*.JPEG`` (boxes where
 (``LOC_val_solution.csv``), as in wsolevaluation. Our held-out validation split is carved
 from the boxed train images by :func:`bgwsol.data.splits.hold_out`.
 
+The root is a local folder or an ``s3://`` prefix (:class:`~bgwsol.data.source_tree.SourceTree`).
 Malformed input raises :class:`DatasetFormatError` naming the file and line; labelled data
 is never skipped silently.
 """
@@ -18,127 +19,132 @@ from pathlib import Path
 import numpy as np
 
 from bgwsol.data.records import DatasetFormatError, Sample
+from bgwsol.data.source_tree import SourceTree
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
-def read_synset_mapping(root: Path) -> list[tuple[str, str]]:
+def read_synset_mapping(root: str | Path | SourceTree) -> list[tuple[str, str]]:
     """``[(wnid, description), ...]`` in file order; the index is the class label."""
-    path = root / "LOC_synset_mapping.txt"
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: missing (is {root} an ILSVRC CLS-LOC root?)")
+    tree = SourceTree(root)
+    name = "LOC_synset_mapping.txt"
+    where = tree.where(name)
+    if not tree.is_file(name):
+        raise DatasetFormatError(f"{where}: missing (is {tree.url} an ILSVRC CLS-LOC root?)")
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(tree.read_text(name).splitlines(), start=1):
         if not line.strip():
             continue
         wnid, _, desc = line.strip().partition(" ")
         if not wnid.startswith("n") or not wnid[1:].isdigit():
-            raise DatasetFormatError(f"{path}:{lineno}: {wnid!r} is not a WordNet id like n01440764")
+            raise DatasetFormatError(f"{where}:{lineno}: {wnid!r} is not a WordNet id like n01440764")
         if wnid in seen:
-            raise DatasetFormatError(f"{path}:{lineno}: duplicate wnid {wnid}")
+            raise DatasetFormatError(f"{where}:{lineno}: duplicate wnid {wnid}")
         seen.add(wnid)
         out.append((wnid, desc))
     if not out:
-        raise DatasetFormatError(f"{path}: no classes")
+        raise DatasetFormatError(f"{where}: no classes")
     return out
 
 
-def read_solution_csv(path: Path, wnid_to_label: dict[str, int]) -> dict[str, tuple[int, np.ndarray, int]]:
+def parse_solution_csv(text: str, where: str, wnid_to_label: dict[str, int]) -> dict[str, tuple[int, np.ndarray, int]]:
     """Parse ``ImageId,PredictionString`` rows into ``{image_id: (label, boxes (N, 4), lineno)}``.
 
     The prediction string holds groups of five: ``wnid x0 y0 x1 y1``. All boxes of an image
-    must name the same wnid (ILSVRC's single-label convention).
+    must name the same wnid (ILSVRC's single-label convention). ``where`` names the file in errors.
     """
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: missing")
     rows: dict[str, tuple[int, np.ndarray, int]] = {}
-    lines = path.read_text().splitlines()
+    lines = text.splitlines()
     if not lines or not lines[0].startswith("ImageId"):
-        raise DatasetFormatError(f"{path}:1: expected the header 'ImageId,PredictionString'")
+        raise DatasetFormatError(f"{where}:1: expected the header 'ImageId,PredictionString'")
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
-            raise DatasetFormatError(f"{path}:{lineno}: empty row")
+            raise DatasetFormatError(f"{where}:{lineno}: empty row")
         image_id, sep, pred = line.partition(",")
         tokens = pred.split()
         if not sep or not image_id or not tokens or len(tokens) % 5:
-            raise DatasetFormatError(f"{path}:{lineno}: expected 'ImageId,wnid x0 y0 x1 y1 ...', got {line!r}")
+            raise DatasetFormatError(f"{where}:{lineno}: expected 'ImageId,wnid x0 y0 x1 y1 ...', got {line!r}")
         wnids = set(tokens[0::5])
         unknown = wnids - wnid_to_label.keys()
         if unknown:
-            raise DatasetFormatError(f"{path}:{lineno}: unknown wnid {sorted(unknown)[0]} (not in LOC_synset_mapping.txt)")
+            raise DatasetFormatError(f"{where}:{lineno}: unknown wnid {sorted(unknown)[0]} (not in LOC_synset_mapping.txt)")
         if len(wnids) > 1:
-            raise DatasetFormatError(f"{path}:{lineno}: boxes of one image name several classes {sorted(wnids)}")
+            raise DatasetFormatError(f"{where}:{lineno}: boxes of one image name several classes {sorted(wnids)}")
         try:
             coords = np.array([[float(v) for v in tokens[i + 1:i + 5]] for i in range(0, len(tokens), 5)])
         except ValueError:
-            raise DatasetFormatError(f"{path}:{lineno}: non-numeric box coordinate in {line!r}") from None
+            raise DatasetFormatError(f"{where}:{lineno}: non-numeric box coordinate in {line!r}") from None
         if image_id in rows:
-            raise DatasetFormatError(f"{path}:{lineno}: {image_id} listed twice (first at line {rows[image_id][2]})")
+            raise DatasetFormatError(f"{where}:{lineno}: {image_id} listed twice (first at line {rows[image_id][2]})")
         rows[image_id] = (wnid_to_label[tokens[0]], coords.astype(np.int64), lineno)
     return rows
 
 
-def _mask_for(root: Path, rel: str) -> Path | None:
-    mask = root / "Masks" / "CLS-LOC" / (os.path.splitext(rel)[0] + ".png")
-    return mask if mask.is_file() else None
-
-
-def read_ilsvrc(root: str | Path, split: str) -> tuple[list[Sample], list[str]]:
+def read_ilsvrc(root: str | Path | SourceTree, split: str) -> tuple[list[Sample], list[str]]:
     """Samples of ``split`` (``"train"`` or ``"test"``) and the wnids (class index order).
 
-    ``image_id`` is the path under ``Data/CLS-LOC`` (``train/<wnid>/<name>.JPEG``,
-    ``val/<name>.JPEG``). Sizes are read later, for the splits that need them.
+    ``root`` is a local folder or an ``s3://`` prefix. ``image_id`` is the path under
+    ``Data/CLS-LOC`` (``train/<wnid>/<name>.JPEG``, ``val/<name>.JPEG``). Each image folder
+    and ``Masks/CLS-LOC`` is listed once (no per-image stat). Sizes are read later, for the
+    splits that need them.
     """
-    root = Path(root)
-    classes = read_synset_mapping(root)
-    wnids = [w for w, _ in classes]
+    if split not in ("train", "test"):
+        raise ValueError(f"ILSVRC split must be 'train' or 'test', got {split!r}")
+    tree = SourceTree(root)
+    wnids = [w for w, _ in read_synset_mapping(tree)]
     wnid_to_label = {w: i for i, w in enumerate(wnids)}
-    data = root / "Data" / "CLS-LOC"
+    masks = set(tree.files("Masks/CLS-LOC"))
+
+    def sample(rel: str, label: int, boxes: np.ndarray) -> Sample:
+        mask = os.path.splitext(rel)[0] + ".png"
+        return Sample(rel, tree.path(f"Data/CLS-LOC/{rel}"), label, boxes,
+                      mask_path=tree.path(f"Masks/CLS-LOC/{mask}") if mask in masks else None, source="ilsvrc")
+
     samples: list[Sample] = []
     if split == "train":
-        train_dir = data / "train"
-        if not train_dir.is_dir():
-            raise DatasetFormatError(f"{train_dir}: missing")
-        boxes = read_solution_csv(root / "LOC_train_solution.csv", wnid_to_label) \
-            if (root / "LOC_train_solution.csv").is_file() else {}
-        for entry in sorted(os.scandir(train_dir), key=lambda e: e.name):
-            if not entry.is_dir():
+        files = tree.files("Data/CLS-LOC/train")
+        if not files:
+            raise DatasetFormatError(f"{tree.where('Data/CLS-LOC/train')}: missing or empty")
+        csv = "LOC_train_solution.csv"
+        boxes = parse_solution_csv(tree.read_text(csv), tree.where(csv), wnid_to_label) if tree.is_file(csv) else {}
+        for rel in files:
+            parts = rel.split("/")
+            if len(parts) != 2 or not parts[1].lower().endswith(IMAGE_SUFFIXES):
                 continue
-            if entry.name not in wnid_to_label:
-                raise DatasetFormatError(f"{entry.path}: class folder {entry.name} is not in LOC_synset_mapping.txt")
-            label = wnid_to_label[entry.name]
-            for img in sorted(os.scandir(entry.path), key=lambda e: e.name):
-                if not img.name.lower().endswith(IMAGE_SUFFIXES):
-                    continue
-                stem = os.path.splitext(img.name)[0]
-                rel = f"train/{entry.name}/{img.name}"
-                b = np.zeros((0, 4), np.int64)
-                if stem in boxes:
-                    box_label, b, lineno = boxes[stem]
-                    if box_label != label:
-                        raise DatasetFormatError(
-                            f"{root / 'LOC_train_solution.csv'}:{lineno}: {stem} boxed as {wnids[box_label]} "
-                            f"but stored under {entry.name}/")
-                samples.append(Sample(rel, Path(img.path), label, b, mask_path=_mask_for(root, rel), source="ilsvrc"))
-    elif split == "test":
-        csv = root / "LOC_val_solution.csv"
-        for image_id, (label, b, lineno) in sorted(read_solution_csv(csv, wnid_to_label).items()):
-            path = _find_image(data / "val", image_id)
-            if path is None:
-                raise DatasetFormatError(f"{csv}:{lineno}: image {image_id} not found under {data / 'val'}")
-            rel = f"val/{path.name}"
-            samples.append(Sample(rel, path, label, b, mask_path=_mask_for(root, rel), source="ilsvrc"))
+            wnid, name = parts
+            if wnid not in wnid_to_label:
+                raise DatasetFormatError(f"{tree.where('Data/CLS-LOC/train/' + wnid)}: class folder {wnid} is not in "
+                                         "LOC_synset_mapping.txt")
+            label = wnid_to_label[wnid]
+            stem = os.path.splitext(name)[0]
+            b = np.zeros((0, 4), np.int64)
+            if stem in boxes:
+                box_label, b, lineno = boxes[stem]
+                if box_label != label:
+                    raise DatasetFormatError(f"{tree.where(csv)}:{lineno}: {stem} boxed as {wnids[box_label]} but "
+                                             f"stored under {wnid}/")
+            samples.append(sample(f"train/{rel}", label, b))
     else:
-        raise ValueError(f"ILSVRC split must be 'train' or 'test', got {split!r}")
+        csv = "LOC_val_solution.csv"
+        by_stem = _images_by_stem(tree.files("Data/CLS-LOC/val"))
+        for image_id, (label, b, lineno) in sorted(parse_solution_csv(tree.read_text(csv), tree.where(csv),
+                                                                      wnid_to_label).items()):
+            name = by_stem.get(image_id)
+            if name is None:
+                raise DatasetFormatError(f"{tree.where(csv)}:{lineno}: image {image_id} not found under "
+                                         f"{tree.where('Data/CLS-LOC/val')}")
+            samples.append(sample(f"val/{name}", label, b))
     if not samples:
-        raise DatasetFormatError(f"{root}: no images in split {split!r}")
+        raise DatasetFormatError(f"{tree.url}: no images in split {split!r}")
     return samples, wnids
 
 
-def _find_image(folder: Path, stem: str) -> Path | None:
-    for suffix in (".JPEG", ".jpeg", ".jpg", ".JPG", ".png"):
-        p = folder / f"{stem}{suffix}"
-        if p.is_file():
-            return p
-    return None
+def _images_by_stem(names: list[str]) -> dict[str, str]:
+    """``{stem: file name}`` of the image files directly in a folder listing (``.JPEG`` first on a tie)."""
+    rank = {s: i for i, s in enumerate((".JPEG", ".jpeg", ".jpg", ".JPG", ".png"))}
+    out: dict[str, str] = {}
+    for name in sorted((n for n in names if "/" not in n and os.path.splitext(n)[1] in rank),
+                       key=lambda n: rank[os.path.splitext(n)[1]], reverse=True):
+        out[os.path.splitext(name)[0]] = name
+    return out

@@ -22,7 +22,7 @@ class Sample:
     Attributes:
         image_id: path relative to the dataset root (wsolevaluation's image id), e.g.
             ``"val/ILSVRC2012_val_00000001.JPEG"``.
-        path: absolute path of the image file.
+        path: absolute path of the image file, or its ``s3://`` URL for a dataset in a bucket.
         label: class index in ``[0, K)``, or ``BACKGROUND_LABEL`` for a background image.
         boxes: ``(N, 4)`` int64 inclusive corners ``x0, y0, x1, y1`` in original pixels;
             empty ``(0, 4)`` when the split carries no boxes.
@@ -33,7 +33,7 @@ class Sample:
     """
 
     image_id: str
-    path: Path
+    path: Path | str
     label: int
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
     size: tuple[int, int] = (0, 0)

@@ -12,6 +12,7 @@ from bgwsol.config import option
 from bgwsol.data.crawl import CrawlConfig
 from bgwsol.data.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
 from bgwsol.data.shardset import ShardSet
+from bgwsol.data.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ class DatasetShardJob:
     """Shard ILSVRC or CUB (train, validation held out from train, test) into ``output``."""
 
     dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "dataset layout under source")
-    source: str = option("", "dataset root (ILSVRC: folder with LOC_*.csv and Data/; CUB: CUB_200_2011/); "
+    source: str = option("", "dataset root, a folder or s3://bucket/prefix (ILSVRC: the folder with LOC_*.csv "
+                             "and Data/; CUB: CUB_200_2011/); "
                              "empty: generate the synthetic dataset under data/synthetic")
     output: str = option("data/shards/ilsvrc", "s3://bucket/prefix or a local folder for shards + manifest.json")
     etl: ShardConfig = field(default_factory=ShardConfig)
@@ -39,7 +41,7 @@ class DatasetShardJob:
 class BackgroundShardJob:
     """Shard a background set (a folder, or a URL list to crawl first) into ``output``."""
 
-    source: str = option("", "folder of background images, or a .txt/.csv URL list to crawl; "
+    source: str = option("", "folder (or s3:// prefix) of background images, or a .txt/.csv URL list to crawl; "
                              "empty: the synthetic background set under data/synthetic")
     output: str = option("data/shards/background", "s3://bucket/prefix or a local folder")
     cache_dir: str = option("data/crawl_cache", "where crawled images and the crawl index are kept")
@@ -73,15 +75,16 @@ def run_dataset_job(job: DatasetShardJob) -> ShardSet:
     listings, classes, names = dataset_listings(job.dataset, source, job.etl.val_fraction)
     init_ray(job.ray)
     return write_shard_set(listings, job.output, dataset=job.dataset, classes=classes, class_names=names, cfg=job.etl,
-                           source=str(Path(source).resolve()))
+                           source=Location.parse(source).url)
 
 
 def run_background_job(job: BackgroundShardJob, show_progress: bool = True) -> ShardSet:
     from bgwsol.data.background import read_background_folder
     from bgwsol.data.crawl import crawl, read_url_list
+    from bgwsol.data.source_tree import SourceTree
 
     source = job.source or str(_synthetic().background)
-    if Path(source).is_dir():
+    if SourceTree(source).exists():
         samples = read_background_folder(source)
     else:
         report = crawl(read_url_list(source), job.cache_dir, job.crawl, show_progress=show_progress)
@@ -94,7 +97,7 @@ def run_background_job(job: BackgroundShardJob, show_progress: bool = True) -> S
     init_ray(job.ray)
     listing = SplitListing("background", listing_rows(samples, classes=[]))
     return write_shard_set([listing], job.output, dataset="background", classes=[], cfg=job.etl,
-                           source=str(Path(source).resolve()) if Path(source).exists() else source)
+                           source=Location.parse(source).url)
 
 
 def summary(shards: ShardSet) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,16 @@ def hold_out(samples: list[Sample], fraction: float) -> tuple[list[Sample], list
 
 
 def with_sizes(samples: list[Sample]) -> list[Sample]:
-    """Fill in ``size`` from each image's header and check every box lies inside the image."""
+    """Fill in ``size`` from each image's header and check every box lies inside the image.
+
+    A local file is opened and only its header parsed; an ``s3://`` image is fetched whole.
+    """
+    from bgwsol.data.source_tree import read_source
+
     out = []
     for s in samples:
         try:
-            with Image.open(s.path) as im:
+            with Image.open(io.BytesIO(read_source(s.path)) if str(s.path).startswith("s3://") else s.path) as im:
                 size = im.size
         except (OSError, SyntaxError) as exc:
             raise DatasetFormatError(f"{s.path}: cannot read image header ({exc})") from None
@@ -54,21 +60,27 @@ class Splits:
 def read_dataset(dataset: str, root: str | Path) -> tuple[list[Sample], list[Sample], list[str], list[str]]:
     """``(train, test, classes, class_names)`` of a dataset in its own layout (``ilsvrc`` or ``cub``).
 
-    ``classes`` are what shards record per sample (ILSVRC wnids, CUB class folder names);
-    ``class_names`` are for people (ILSVRC descriptions).
+    ``root`` is a local folder or an ``s3://`` prefix. ``classes`` are what shards record per
+    sample (ILSVRC wnids, CUB class folder names); ``class_names`` are for people (ILSVRC
+    descriptions).
     """
     from bgwsol.data.cub import read_cub
     from bgwsol.data.ilsvrc import read_ilsvrc, read_synset_mapping
 
-    if not root or not Path(root).exists():
-        raise DatasetFormatError(f"dataset root {str(root)!r} does not exist")
+    from bgwsol.data.source_tree import SourceTree
+
+    if not root:
+        raise DatasetFormatError("no dataset root given")
+    tree = SourceTree(root)
+    if not tree.exists():
+        raise DatasetFormatError(f"dataset root {tree.url!r} does not exist")
     if dataset == "ilsvrc":
-        train, classes = read_ilsvrc(root, "train")
-        test, _ = read_ilsvrc(root, "test")
-        names = [desc or wnid for wnid, desc in read_synset_mapping(Path(root))]
+        train, classes = read_ilsvrc(tree, "train")
+        test, _ = read_ilsvrc(tree, "test")
+        names = [desc or wnid for wnid, desc in read_synset_mapping(tree)]
     elif dataset == "cub":
-        train, classes = read_cub(root, "train")
-        test, _ = read_cub(root, "test")
+        train, classes = read_cub(tree, "train")
+        test, _ = read_cub(tree, "test")
         names = list(classes)
     else:
         raise ValueError(f"unknown dataset {dataset!r} (ilsvrc | cub)")

@@ -84,13 +84,13 @@ class Location:
     # --------------------------------------------------------------- small-object helpers
 
     def read_bytes(self) -> bytes:
-        with _errors(self.url, "read"):
+        with storage_errors(self.url, "read"):
             with self.filesystem().open_input_stream(self.fs_path) as f:
                 return f.read()
 
     def write_bytes(self, data: bytes) -> None:
         """Write a whole object (a new local file appears under a temporary name, then is renamed)."""
-        with _errors(self.url, "write"):
+        with storage_errors(self.url, "write"):
             fs = self.filesystem()
             if self.is_s3:
                 with fs.open_output_stream(self.fs_path) as f:
@@ -103,23 +103,23 @@ class Location:
             os.replace(tmp, self.fs_path)
 
     def exists(self) -> bool:
-        with _errors(self.url, "stat"):
+        with storage_errors(self.url, "stat"):
             return self.filesystem().get_file_info(self.fs_path).type != pafs.FileType.NotFound
 
     def size(self) -> int:
-        with _errors(self.url, "stat"):
+        with storage_errors(self.url, "stat"):
             return self.filesystem().get_file_info(self.fs_path).size
 
     def delete(self) -> None:
         """Remove this object if it exists."""
-        with _errors(self.url, "delete"):
+        with storage_errors(self.url, "delete"):
             fs = self.filesystem()
             if fs.get_file_info(self.fs_path).type == pafs.FileType.File:
                 fs.delete_file(self.fs_path)
 
     def list_names(self) -> list[str]:
         """Names of the objects directly under this prefix (empty if it does not exist)."""
-        with _errors(self.url, "list"):
+        with storage_errors(self.url, "list"):
             fs = self.filesystem()
             sel = pafs.FileSelector(self.fs_path, allow_not_found=True, recursive=False)
             return sorted(posixpath.basename(i.path) for i in fs.get_file_info(sel) if i.type == pafs.FileType.File)
@@ -170,7 +170,7 @@ def _explain(url: str, exc: BaseException) -> str:
     return f"{url}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-class _errors:
+class storage_errors:  # noqa: N801 - used as a lowercase context manager
     """Context manager turning pyarrow / OS errors into StorageError naming the URL."""
 
     def __init__(self, url: str, what: str):
@@ -197,7 +197,7 @@ def check_access(url: str | os.PathLike, *, writable: bool = False) -> Location:
     loc = Location.parse(url)
     if loc.is_s3:
         fs = loc.filesystem()
-        with _errors(loc.url, "check"):
+        with storage_errors(loc.url, "check"):
             info = fs.get_file_info(loc.bucket)
             if info.type == pafs.FileType.NotFound:
                 raise StorageError(f"{loc.url}: bucket {loc.bucket!r} does not exist "
@@ -247,7 +247,7 @@ def open_url(url: str, mode: str = "rb", bufsize: int = 8192, **_kw):
     if "r" not in mode:
         raise StorageError(f"{url}: only reading is supported through webdataset (mode {mode!r})")
     loc = Location.parse(url)
-    with _errors(url, "open"):
+    with storage_errors(url, "open"):
         return _ArrowReadStream(loc.filesystem().open_input_stream(loc.fs_path))
 
 
