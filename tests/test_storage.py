@@ -115,3 +115,28 @@ def test_webdataset_reads_s3_tar(bucket):
     assert got == [("a", b"aaa"), ("b", b"bbb")]
     with pytest.raises(StorageError, match="not found"):
         open_url(f"s3://{bucket}/t/missing.tar")
+
+
+def test_source_tree_lists_past_one_page_and_matches_a_folder(bucket, tmp_path):
+    """A recursive listing of an s3:// prefix follows S3's pagination (1,000 keys a page), sees only
+    files below the prefix (not a sibling sharing its first letters), and equals the folder's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bgwsol.data.source_tree import SourceTree
+    from bgwsol.data.storage import boto3_client
+
+    names = [f"d{i % 7}/sub/{i:05d}.jpg" for i in range(1050)] + ["top.txt"]
+    client = boto3_client()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: client.put_object(Bucket=bucket, Key=f"raw/{n}", Body=b"x"), names))
+    client.put_object(Bucket=bucket, Key="raw2/d0/not-mine.jpg", Body=b"x")
+    for n in names:
+        (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / n).write_bytes(b"x")
+    remote, local = SourceTree(f"s3://{bucket}/raw"), SourceTree(tmp_path)
+    assert remote.files("") == local.files("") == sorted(names)
+    assert remote.files("d3") == local.files("d3") == sorted(n[3:] for n in names if n.startswith("d3/"))
+    assert remote.files("nope") == local.files("nope") == []
+    assert remote.is_file("top.txt") and not remote.is_file("d0") and remote.exists()
+    assert not SourceTree(f"s3://{bucket}/absent").exists()
+    assert remote.read_text("top.txt") == "x"
