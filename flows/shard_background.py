@@ -1,7 +1,7 @@
 """Shard the background set (images with none of the target objects) with Ray Data.
 
-The source is a folder of images or a URL list (one URL per line, or a CSV with ``url`` and
-``license`` columns). A URL list is crawled first into ``--cache_dir`` (timeouts, retries
+The source is a folder of images (local, or an ``s3://`` prefix) or a URL list (one URL per
+line, or a CSV with ``url`` and ``license`` columns; local or on S3). A URL list is crawled first into ``--cache_dir`` (timeouts, retries
 with backoff, a per-host cap, size and content-type limits, decode check, SHA-256
 de-duplication; URL and license stay with each sample), then sharded like a folder into
 ``background-%06d.tar`` + ``manifest.json``.

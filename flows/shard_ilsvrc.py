@@ -9,6 +9,7 @@ AWS_SECRET_ACCESS_KEY. Submitted to a cluster as
 
     python flows/shard_ilsvrc.py                                  # the synthetic default
     python flows/shard_ilsvrc.py --source /data/ILSVRC --output s3://my-bucket/shards/ilsvrc
+    python flows/shard_ilsvrc.py --source s3://my-bucket/raw/ILSVRC --output s3://my-bucket/shards/ilsvrc
 """
 
 from __future__ import annotations
