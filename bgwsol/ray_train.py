@@ -224,6 +224,7 @@ def train_loop_per_worker(config: dict) -> None:
             params={**flatten(to_dict(cfg)), **{f"cluster.{k}": v for k, v in to_dict(cluster).items()}},
             tags={**git_state(), "dataset_manifest_sha256": shards.digest, "dataset": shards.manifest["dataset"]})
     variants = map_variants(method)
+    overlay_batch = None
     step = start_epoch * steps
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
@@ -268,10 +269,11 @@ def train_loop_per_worker(config: dict) -> None:
                 log.warning("validation scored %d of %d images (%d in damaged shards or corrupt)",
                             int(val.get("num_images", 0)), shards.count("val"), record["val_missing"])
             if rank == 0 and logger.enabled:
-                first = next(iter(DataLoader(EvalStream(val_urls[:1], input_size=cfg.data.input_size),
-                                             batch_size=8, collate_fn=collate_eval)))
-                picture = overlay_grid(core, variants, first, cfg.eval.scoremap_size, record.get("val_tau50", 0.5), device,
-                                       preprocess=normalize)
+                if overlay_batch is None:  # the same 8 validation images every epoch, read once
+                    overlay_batch = next(iter(DataLoader(EvalStream(val_urls[:1], input_size=cfg.data.input_size),
+                                                         batch_size=8, collate_fn=collate_eval)))
+                picture = overlay_grid(core, variants, overlay_batch, cfg.eval.scoremap_size,
+                                       record.get("val_tau50", 0.5), device, preprocess=normalize)
         history.append(record)
         score = record.get(f"val_{cfg.eval.select_metric}", -1.0)
         improved = score > best_score
