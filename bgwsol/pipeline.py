@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bgwsol.config import RunConfig, option, replace, to_dict
+from bgwsol.config import RunConfig, option, replace
 from bgwsol.data.etl import ShardConfig
 from bgwsol.ray_train import ClusterConfig
 from bgwsol.tracking import TrackingConfig
@@ -62,7 +62,8 @@ def _shard_or_reuse(listings_fn, url: str, dataset: str, classes, names, etl: Sh
 
     try:
         existing = ShardSet.open(url)
-        if existing.manifest.get("source") == source and existing.manifest["etl"] == to_dict(etl):
+        made_with = {k: v for k, v in existing.manifest["etl"].items() if k not in ShardConfig.SCHEDULING}
+        if existing.manifest.get("source") == source and made_with == etl.output_settings():
             log.info("reusing the committed shard set %s", url)
             return existing
     except ShardSetError:

@@ -220,3 +220,41 @@ def test_a_bucket_source_that_is_not_a_dataset_is_named(tiny_synthetic, bucket):
         read_dataset("ilsvrc", f"s3://{bucket}/half")
     with pytest.raises(DatasetFormatError, match=rf"s3://{bucket}/half/classes.txt: missing"):
         read_dataset("cub", f"s3://{bucket}/half")
+
+
+def test_read_ahead_keeps_order_bounds_reads_in_flight_and_reports_failures_at_their_row(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from bgwsol.data import etl
+
+    rows = []
+    for i in range(40):
+        (tmp_path / f"{i}.bin").write_bytes(bytes([i]))
+        rows.append({"path": str(tmp_path / f"{i}.bin"), "mask_path": str(tmp_path / f"{i}.bin") if i % 3 else ""})
+    rows[7]["path"] = str(tmp_path / "missing.bin")
+    lock, in_flight, peak = threading.Lock(), [0], [0]
+    real = etl.read_source
+
+    def slow_read(path):  # the real read, slowed down and watched
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            time.sleep(0.01)
+            return real(path)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(etl, "read_source", slow_read)
+    got = []
+    for row, fetch in etl.read_ahead(rows, 4):
+        try:
+            got.append(fetch.result())
+        except OSError as exc:
+            got.append(type(exc).__name__)
+    want = [(bytes([i]), bytes([i]) if i % 3 else None) for i in range(40)]
+    want[7] = "FileNotFoundError"
+    assert got == want
+    assert 2 <= peak[0] <= 4

@@ -47,7 +47,7 @@ def test_s3_roundtrip_through_endpoint_variable(bucket):
 def test_s3_missing_bucket_and_key(s3_endpoint):
     with pytest.raises(StorageError, match=r"s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist"):
         check_access("s3://no-such-bucket/x")
-    with pytest.raises(StorageError, match="not found"):
+    with pytest.raises(StorageError, match=r"s3://no-such-bucket/x/y.json: not found"):
         Location.parse("s3://no-such-bucket/x/y.json").read_bytes()
 
 
@@ -57,6 +57,8 @@ def test_s3_unreachable_endpoint(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     with pytest.raises(StorageError, match=r"s3://bkt/p: cannot reach the S3 endpoint http://127.0.0.1:\d+"):
         check_access("s3://bkt/p")
+    with pytest.raises(StorageError, match=r"s3://bkt/p/x.jpg: cannot reach the S3 endpoint http://127.0.0.1:\d+"):
+        Location.parse("s3://bkt/p/x.jpg").read_bytes()  # the one-GET path (boto3), as the ETL reads images
 
 
 def test_endpoint_s3_variable_wins(monkeypatch, bucket):
@@ -91,9 +93,13 @@ def test_s3_wrong_credentials(tmp_path, monkeypatch):
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
         check_access("s3://guarded/p", writable=True)  # the right key works
+        Location.parse("s3://guarded/p/x.jpg").write_bytes(b"jpeg")
+        assert Location.parse("s3://guarded/p/x.jpg").read_bytes() == b"jpeg"
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
         with pytest.raises(StorageError, match=r"s3://guarded/p: access denied: check AWS_ACCESS_KEY_ID"):
             check_access("s3://guarded/p")
+        with pytest.raises(StorageError, match=r"s3://guarded/p/x.jpg: access denied: check AWS_ACCESS_KEY_ID"):
+            Location.parse("s3://guarded/p/x.jpg").read_bytes()
     finally:
         proc.terminate()
         proc.wait(10)

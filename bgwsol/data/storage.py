@@ -15,6 +15,7 @@ Endpoint and credentials come from the standard AWS variables: ``AWS_ENDPOINT_UR
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 from dataclasses import dataclass
@@ -84,6 +85,10 @@ class Location:
     # --------------------------------------------------------------- small-object helpers
 
     def read_bytes(self) -> bytes:
+        """The whole object. On S3 one GET through boto3: pyarrow's input streams send a HEAD
+        first, a second round trip per object (benchmarks/bench_etl_s3.py)."""
+        if self.is_s3:
+            return get_object(self.url)
         with storage_errors(self.url, "read"):
             with self.filesystem().open_input_stream(self.fs_path) as f:
                 return f.read()
@@ -143,6 +148,32 @@ def s3_filesystem() -> pafs.S3FileSystem:
     kwargs["request_timeout"] = float(os.environ.get("BGWSOL_S3_REQUEST_TIMEOUT", "60"))
     kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=3)
     return pafs.S3FileSystem(**kwargs)
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_client(endpoint: str | None, region_name: str, key_id: str | None, secret: str | None, token: str | None):
+    # one client per process and credential set (boto3 clients are thread-safe; making one costs ~50 ms)
+    return boto3_client(aws_access_key_id=key_id, aws_secret_access_key=secret, aws_session_token=token)
+
+
+def get_object(url: str) -> bytes:
+    """Bytes of the object at ``s3://bucket/key`` in one GET; StorageError naming ``url`` on failure."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = Location.parse(url).fs_path.partition("/")
+    env = os.environ.get
+    client = _shared_client(endpoint_url(), region(), env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"),
+                            env("AWS_SESSION_TOKEN"))
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            raise StorageError(f"{url}: not found") from exc
+        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            raise StorageError(f"{url}: not found (bucket {bucket!r} does not exist)") from exc
+        raise StorageError(_explain(url, exc)) from exc
+    except BotoCoreError as exc:
+        raise StorageError(_explain(url, exc)) from exc
 
 
 def boto3_client(**kwargs):
