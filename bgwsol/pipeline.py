@@ -56,7 +56,10 @@ class PipelineConfig:
     etl: ShardConfig = field(default_factory=ShardConfig)
 
 
-def _shard_or_reuse(listings_fn, url: str, dataset: str, classes, names, etl: ShardConfig, source: str):
+def _shard_or_reuse(make_listings, url: str, dataset: str, etl: ShardConfig, source: str):
+    """The committed shard set at ``url`` if it was made from ``source`` with the same output
+    settings; else shard again. ``make_listings() -> (listings, classes, class_names)`` runs only
+    then, so a rerun does not list the source (ILSVRC in a bucket: ~1,300 LIST requests)."""
     from bgwsol.data.etl import write_shard_set
     from bgwsol.data.shardset import ShardSet, ShardSetError
 
@@ -68,8 +71,8 @@ def _shard_or_reuse(listings_fn, url: str, dataset: str, classes, names, etl: Sh
             return existing
     except ShardSetError:
         pass
-    return write_shard_set(listings_fn(), url, dataset=dataset, classes=classes, class_names=names, cfg=etl,
-                           source=source)
+    listings, classes, names = make_listings()
+    return write_shard_set(listings, url, dataset=dataset, classes=classes, class_names=names, cfg=etl, source=source)
 
 
 def prepare_shards(cfg: PipelineConfig) -> tuple[str, str]:
@@ -87,11 +90,11 @@ def prepare_shards(cfg: PipelineConfig) -> tuple[str, str]:
         background = background or str(paths.background)
     etl = replace(cfg.etl, val_fraction=cfg.run.data.val_fraction)
     root = Location.parse(cfg.shards_dir)
-    listings, classes, names = dataset_listings(cfg.dataset, source, etl.val_fraction)  # one listing of the source
-    data = _shard_or_reuse(lambda: listings,
-                           root.join(cfg.dataset).url, cfg.dataset, classes, names, etl, Location.parse(source).url)
-    bg = _shard_or_reuse(lambda: [SplitListing("background", listing_rows(read_background_folder(background), []))],
-                         root.join("background").url, "background", [], None, etl, Location.parse(background).url)
+    data = _shard_or_reuse(lambda: dataset_listings(cfg.dataset, source, etl.val_fraction),
+                           root.join(cfg.dataset).url, cfg.dataset, etl, Location.parse(source).url)
+    bg = _shard_or_reuse(
+        lambda: ([SplitListing("background", listing_rows(read_background_folder(background), []))], [], None),
+        root.join("background").url, "background", etl, Location.parse(background).url)
     return data.location.url, bg.location.url
 
 
