@@ -150,10 +150,14 @@ class Comparison:
 # ----------------------------------------------------------------------------- running
 
 
-def _extra_maps(cfg: RunConfig, names: list[str]) -> dict:
+def run_one(cfg: RunConfig, post_hoc: list[str], splits: Splits | None = None, *,
+            show_progress: bool = True) -> RunResult:
+    """One (method, seed) run: train and test ``cfg.method`` and score the ``post_hoc`` maps
+    computed from it in the same passes (``splits`` loaded from ``cfg.data`` when not given)."""
     from bgwsol.methods import build_method
 
-    return {name: build_method(replace(cfg, **{"method.name": name}).method) for name in names}
+    extra = {name: build_method(replace(cfg, **{"method.name": name}).method) for name in post_hoc}
+    return train_and_evaluate(cfg, splits, show_progress=show_progress, extra_maps=extra)
 
 
 def ensure_synthetic(root: str | Path, syn) -> None:
@@ -171,29 +175,17 @@ def ensure_synthetic(root: str | Path, syn) -> None:
         generate(root, syn, show_progress=False)
 
 
-def run_one(cfg_dict: dict, post_hoc: list[str], synthetic: tuple[str, object] | None = None,
-            num_threads: int = 0, splits: Splits | None = None) -> RunResult:
-    """One (method, seed) run: make sure the data is there, train, score the extra post-hoc maps.
-
-    Takes plain data (a config dict) so that it runs unchanged as a Ray task on any node.
-    """
+def _ray_task(cfg_dict: dict, post_hoc: list[str], synthetic, num_threads: int) -> RunResult:
+    """:func:`run_one` as a Ray task on any node: plain data in, the data made on this node if missing."""
     import torch
 
     from bgwsol.config import from_dict
 
-    cfg = from_dict(RunConfig, cfg_dict)
-    if num_threads:
-        torch.set_num_threads(num_threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(num_threads)
     if synthetic is not None:
         ensure_synthetic(*synthetic)
-    if splits is None:
-        splits = load_splits(cfg.data.dataset, cfg.data.root, cfg.data.background or None, cfg.data.val_fraction)
-    return train_and_evaluate(cfg, splits, show_progress=True, extra_maps=_extra_maps(cfg, post_hoc))
-
-
-def _ray_task(cfg_dict: dict, post_hoc: list[str], synthetic, num_threads: int) -> RunResult:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_one(cfg_dict, post_hoc, synthetic, num_threads)
+    return run_one(from_dict(RunConfig, cfg_dict), post_hoc)
 
 
 def _absolute(path: str) -> str:
@@ -262,9 +254,7 @@ def compare(base: RunConfig, methods: list[str], seeds: list[int], *, show_progr
         log.info("data: %d train, %d val, %d test images, %d background, %d classes", len(splits.train),
                  len(splits.val), len(splits.test), len(splits.background), len(splits.classes))
         for job in jobs:
-            cfg = configs[job]
-            results[job[0]].append(train_and_evaluate(cfg, splits, show_progress=show_progress,
-                                                      extra_maps=_extra_maps(cfg, plan[job[0]])))
+            results[job[0]].append(run_one(configs[job], plan[job[0]], splits, show_progress=show_progress))
     comparison = Comparison(results, post_hoc, list(methods))
     (out / "comparison.md").write_text(comparison.markdown() + "\n")
     (out / "comparison.json").write_text(json.dumps({"methods": list(methods), "seeds": list(seeds),
