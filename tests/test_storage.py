@@ -24,7 +24,7 @@ def test_local_roundtrip_and_listing(tmp_path):
     assert loc.list_names() == ["a.txt", "b.tar"]
     assert loc.join("b.tar").size() == 2 and loc.join("a.txt").read_bytes() == b"x"
     loc.join("a.txt").delete()
-    assert not loc.join("a.txt").exists()
+    assert not loc.join("a.txt").exists() and loc.join("a.txt").size() is None
 
 
 def test_local_errors_name_the_path(tmp_path):

@@ -106,7 +106,7 @@ class ShardSet:
         for name in [split] if split else self.splits:
             for entry in self.shards(name):
                 loc = self.location.join(entry["name"])
-                size = loc.size() if loc.exists() else None
+                size = loc.size()
                 if size is None:
                     bad[loc.url] = "listed in the manifest but missing"
                 elif size != entry["bytes"]:

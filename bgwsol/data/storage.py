@@ -111,9 +111,11 @@ class Location:
         with storage_errors(self.url, "stat"):
             return self.filesystem().get_file_info(self.fs_path).type != pafs.FileType.NotFound
 
-    def size(self) -> int:
+    def size(self) -> int | None:
+        """Bytes of the object; None when there is none (one stat either way)."""
         with storage_errors(self.url, "stat"):
-            return self.filesystem().get_file_info(self.fs_path).size
+            info = self.filesystem().get_file_info(self.fs_path)
+            return None if info.type == pafs.FileType.NotFound else info.size
 
     def delete(self) -> None:
         """Remove this object if it exists."""
