@@ -65,8 +65,8 @@ def _shard_or_reuse(make_listings, url: str, dataset: str, etl: ShardConfig, sou
 
     try:
         existing = ShardSet.open(url)
-        made_with = {k: v for k, v in existing.manifest["etl"].items() if k not in ShardConfig.SCHEDULING}
-        if existing.manifest.get("source") == source and made_with == etl.output_settings():
+        made_with = ShardConfig.output_settings(existing.manifest["etl"])
+        if existing.manifest.get("source") == source and made_with == ShardConfig.output_settings(etl):
             log.info("reusing the committed shard set %s", url)
             return existing
     except ShardSetError:

@@ -70,9 +70,12 @@ class ShardConfig:
     # settings that only schedule the work: a shard set made with other values is the same data
     SCHEDULING = ("cpus_per_task", "read_ahead")
 
-    def output_settings(self) -> dict:
-        """The settings that decide the shards' content (all but :attr:`SCHEDULING`)."""
-        return {k: v for k, v in asdict(self).items() if k not in self.SCHEDULING}
+    @classmethod
+    def output_settings(cls, settings: "ShardConfig | dict") -> dict:
+        """The settings that decide the shards' content (all but :attr:`SCHEDULING`), of a config
+        or of a manifest's ``etl`` record."""
+        values = asdict(settings) if isinstance(settings, ShardConfig) else settings
+        return {k: v for k, v in values.items() if k not in cls.SCHEDULING}
 
 
 @dataclass
