@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Iterator
 
 import numpy as np
@@ -36,11 +35,9 @@ def eval_transform(size: int) -> v2.Compose:
 def load_rgb(path) -> Image.Image:
     """Decode any image file (a local path or an ``s3://`` URL) to RGB (grayscale, CMYK, palette and
     alpha converted)."""
-    if str(path).startswith("s3://"):
-        from bgwsol.data.source_tree import read_source
+    from bgwsol.data.source_tree import image_file
 
-        path = io.BytesIO(read_source(path))
-    with Image.open(path) as im:
+    with Image.open(image_file(path)) as im:
         return im.convert("RGB")
 
 

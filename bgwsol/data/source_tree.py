@@ -11,13 +11,14 @@ standard AWS variables (:mod:`bgwsol.data.storage`).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from bgwsol.data.records import DatasetFormatError
-from bgwsol.data.storage import Location, storage_errors
+from bgwsol.data.storage import Location, is_s3, storage_errors
 
 
 class SourceTree:
@@ -88,7 +89,13 @@ class SourceTree:
 
 def read_source(path: str | os.PathLike) -> bytes:
     """Bytes of one source file: a local path or an ``s3://`` URL (what :meth:`SourceTree.path` gives)."""
-    if str(path).startswith("s3://"):
+    if is_s3(path):
         return Location.parse(str(path)).read_bytes()
     with open(path, "rb") as f:
         return f.read()
+
+
+def image_file(path: str | os.PathLike) -> str | os.PathLike | io.BytesIO:
+    """What ``PIL.Image.open`` should get for a source image: a local path as it is (PIL reads
+    only what it needs, the header alone for a size), an ``s3://`` object's bytes in memory."""
+    return io.BytesIO(read_source(path)) if is_s3(path) else path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +31,12 @@ def with_sizes(samples: list[Sample]) -> list[Sample]:
 
     A local file is opened and only its header parsed; an ``s3://`` image is fetched whole.
     """
-    from bgwsol.data.source_tree import read_source
+    from bgwsol.data.source_tree import image_file
 
     out = []
     for s in samples:
         try:
-            with Image.open(io.BytesIO(read_source(s.path)) if str(s.path).startswith("s3://") else s.path) as im:
+            with Image.open(image_file(s.path)) as im:
                 size = im.size
         except (OSError, SyntaxError) as exc:
             raise DatasetFormatError(f"{s.path}: cannot read image header ({exc})") from None
