@@ -250,7 +250,8 @@ def compare(base: RunConfig, methods: list[str], seeds: list[int], *, show_progr
         for job in jobs:
             results[job[0]].append(done[job])
     else:
-        splits = load_splits(base.data.dataset, base.data.root, base.data.background or None, base.data.val_fraction)
+        splits = load_splits(base.data.dataset, base.data.root, base.data.background or None, base.data.val_fraction,
+                             base.data.max_reject_share)
         log.info("data: %d train, %d val, %d test images, %d background, %d classes", len(splits.train),
                  len(splits.val), len(splits.test), len(splits.background), len(splits.classes))
         for job in jobs:

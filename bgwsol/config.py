@@ -37,6 +37,8 @@ class DataConfig:
     input_size: int = option(112, "square network input in pixels (224 for the real backbones)")
     bg_ratio: float = option(0.25, "share of each training batch drawn from the background set (methods that use it)")
     num_workers: int = option(0, "DataLoader worker processes per training process")
+    max_reject_share: float = option(0.01, "stop when more than this share of the samples is rejected (bad box, "
+                                           "unreadable image): a wrong layout, not a few bad files")
 
 
 @dataclass

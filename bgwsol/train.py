@@ -128,7 +128,8 @@ def train_and_evaluate(cfg: RunConfig, splits: Splits | None = None, *, show_pro
     out_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(cfg, out_dir / "config.yaml")
     seed_everything(cfg.train.seed)
-    splits = splits or load_splits(cfg.data.dataset, cfg.data.root, cfg.data.background or None, cfg.data.val_fraction)
+    splits = splits or load_splits(cfg.data.dataset, cfg.data.root, cfg.data.background or None, cfg.data.val_fraction,
+                                     cfg.data.max_reject_share)
     method = build_method(cfg.method)
     if method.uses_background and not splits.background:
         raise ValueError(f"method {cfg.method.name!r} needs background images: set data.background")

@@ -1,5 +1,6 @@
 """Ray Data ETL into WebDataset shards on a real S3 endpoint: counts, boxes, rejects, idempotency, commit."""
 
+import dataclasses
 import io
 import json
 import shutil
@@ -11,6 +12,7 @@ from PIL import Image
 
 from bgwsol.data.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, sample_key, write_shard_set
 from bgwsol.data.imageproc import scale_boxes
+from bgwsol.data.rejects import TooManyRejects
 from bgwsol.data.background import read_background_folder
 from bgwsol.data.shardset import ShardSet, ShardSetError
 from bgwsol.data.storage import Location
@@ -101,8 +103,14 @@ def test_corrupt_inputs_are_skipped_counted_and_reported(tiny_synthetic, ray_loc
     paths, _ = tiny_synthetic
     root, truncated, garbage = _corrupt_copy(paths.ilsvrc, tmp_path)
     listings, classes, _ = dataset_listings("ilsvrc", root, CFG.val_fraction)
-    shards = write_shard_set(listings, tmp_path / "out", dataset="ilsvrc", classes=classes, cfg=CFG)
     total = sum(len(x.rows) for x in listings)
+    # 2 undecodable images of ~100 pass the default 1 % limit: found only by decoding, so the
+    # shards are written, then the run stops without a manifest and names the files
+    with pytest.raises(TooManyRejects, match=rf"rejects.jsonl.*2 of {total} samples rejected.*cannot decode"):
+        write_shard_set(listings, tmp_path / "out", dataset="ilsvrc", classes=classes, cfg=CFG)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    shards = write_shard_set(listings, tmp_path / "out", dataset="ilsvrc", classes=classes,
+                             cfg=dataclasses.replace(CFG, max_reject_share=0.05))
     assert sum(shards.count(s) for s in shards.splits) == total - 2
     rej = shards.manifest["rejects"]
     assert rej["count"] == 2 and set(rej["by_reason"]) == {"cannot decode"}

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -50,7 +52,7 @@ def test_splits_are_disjoint_and_deterministic(tiny_synthetic):
 
 def test_metadata_round_trip(tiny_synthetic, tmp_path):
     paths, _ = tiny_synthetic
-    test = with_sizes(read_ilsvrc(paths.ilsvrc, "test")[0])
+    test = with_sizes(read_ilsvrc(paths.ilsvrc, "test")[0]).samples
     meta = read_wsol_metadata(write_wsol_metadata(test, tmp_path / "meta"))
     assert meta.image_ids == [s.image_id for s in test]
     for s in test:
@@ -92,7 +94,7 @@ def test_empty_row_names_file_and_line(ilsvrc_copy):
         read_ilsvrc(ilsvrc_copy, "train")
 
 
-def test_box_outside_image_names_the_image(ilsvrc_copy):
+def test_box_outside_image_goes_to_the_rejects_with_its_image(ilsvrc_copy):
     csv = ilsvrc_copy / "LOC_val_solution.csv"
     lines = csv.read_text().splitlines()
     image_id, pred = lines[1].split(",")
@@ -100,15 +102,31 @@ def test_box_outside_image_names_the_image(ilsvrc_copy):
     lines[1] = f"{image_id},{wnid} 0 0 5000 10"
     csv.write_text("\n".join(lines) + "\n")
     test, _ = read_ilsvrc(ilsvrc_copy, "test")
-    with pytest.raises(DatasetFormatError, match=rf"{image_id}.*outside"):
-        with_sizes(test)
+    checked = with_sizes(test, "test")
+    assert len(checked.samples) == len(test) - 1
+    (rej,) = checked.rejects
+    assert image_id in rej["path"] and rej["split"] == "test" and re.match(r"bad box: .*outside", rej["reason"])
 
 
-def test_missing_image_names_the_csv_line(ilsvrc_copy):
+def test_missing_image_is_one_reject_naming_the_csv_line(ilsvrc_copy):
     victim = sorted((ilsvrc_copy / "Data/CLS-LOC/val").iterdir())[0]
     victim.unlink()
-    with pytest.raises(DatasetFormatError, match=rf"LOC_val_solution.csv:2: image {victim.stem} not found"):
-        read_ilsvrc(ilsvrc_copy, "test")
+    test, _ = read_ilsvrc(ilsvrc_copy, "test")
+    bad = [s for s in test if s.problem]
+    assert len(bad) == 1 and re.search(rf"LOC_val_solution.csv:2: image {victim.stem} not found", bad[0].problem)
+    assert victim.stem not in {s.image_id for s in with_sizes(test).samples}
+
+
+def test_non_numeric_csv_box_is_one_reject(ilsvrc_copy):
+    csv = ilsvrc_copy / "LOC_train_solution.csv"
+    lines = csv.read_text().splitlines()
+    image_id, pred = lines[3].split(",")
+    lines[3] = f"{image_id},{pred.split()[0]} 1 x 5 5"
+    csv.write_text("\n".join(lines) + "\n")
+    train, _ = read_ilsvrc(ilsvrc_copy, "train")
+    bad = [s for s in train if s.problem]
+    assert [s.path.stem for s in bad] == [image_id]
+    assert "LOC_train_solution.csv:4: non-numeric box coordinate" in bad[0].problem
 
 
 def test_class_folder_not_in_mapping(ilsvrc_copy):
@@ -129,6 +147,16 @@ def test_cub_missing_box_row(tiny_synthetic, tmp_path):
     (dst / "bounding_boxes.txt").write_text("\n".join(lines[1:]) + "\n")
     with pytest.raises(DatasetFormatError, match="bounding_boxes.txt: no row for image 1"):
         read_cub(dst, "train")
+
+
+def test_metadata_box_reaching_the_edge_is_clipped(tmp_path):
+    meta = tmp_path / "m"
+    meta.mkdir()
+    (meta / "image_ids.txt").write_text("a\n")
+    (meta / "class_labels.txt").write_text("a,0\n")
+    (meta / "image_sizes.txt").write_text("a,10,10\n")
+    (meta / "localization.txt").write_text("a,2,0,10,5\n")  # x1 = width: reaches the edge
+    assert read_wsol_metadata(meta).boxes["a"].tolist() == [[2, 0, 9, 5]]
 
 
 def test_metadata_with_box_outside(tmp_path):

@@ -2,7 +2,10 @@
 ``bounding_boxes.txt`` as x, y, w, h; ``classes.txt``).
 
 Boxes become inclusive corners ``(x, y, x + w, y + h)`` truncated to int (wsolevaluation's
-CUB metadata). Splits: ``train`` and ``test`` from ``train_test_split.txt``.
+CUB metadata); ``x + w`` equal to the width reaches the edge and is clipped where the image size
+is known (:func:`bgwsol.data.records.fit_boxes`). A row that cannot be one usable sample (a
+non-numeric or empty box, an image that is not there) becomes a sample with ``problem`` set,
+for the rejects report; a file that breaks the layout raises :class:`DatasetFormatError`. Splits: ``train`` and ``test`` from ``train_test_split.txt``.
 """
 
 from __future__ import annotations
@@ -65,20 +68,20 @@ def read_cub(root: str | Path | SourceTree, split: str) -> tuple[list[Sample], l
             raise DatasetFormatError(f"{tree.where('image_class_labels.txt')}:{label_line}: class {label + 1} "
                                      "not in classes.txt")
         box_fields, box_line = boxes[image_id]
+        problem, box = "", np.zeros((1, 4), np.int64)
         try:
             x, y, w, h = (float(v) for v in box_fields)
+            box = np.array([[int(x), int(y), int(x + w), int(y + h)]], np.int64)
+            if w <= 0 or h <= 0:
+                problem = f"{tree.where('bounding_boxes.txt')}:{box_line}: empty or inverted box (w={w:g}, h={h:g})"
         except ValueError:
-            raise DatasetFormatError(f"{tree.where('bounding_boxes.txt')}:{box_line}: non-numeric box {box_fields}") \
-                from None
-        if w < 0 or h < 0:
-            raise DatasetFormatError(f"{tree.where('bounding_boxes.txt')}:{box_line}: negative width or height")
+            problem = f"{tree.where('bounding_boxes.txt')}:{box_line}: non-numeric box {box_fields}"
         if rel not in present:
-            raise DatasetFormatError(f"{tree.where('images.txt')}:{lineno}: image {tree.where('images/' + rel)} "
-                                     "not found")
+            problem = f"{tree.where('images.txt')}:{lineno}: image {tree.where('images/' + rel)} not found"
         mask = os.path.splitext(rel)[0] + ".png"
-        samples.append(Sample(rel, tree.path(f"images/{rel}"), label,
-                              np.array([[int(x), int(y), int(x + w), int(y + h)]], np.int64),
-                              mask_path=tree.path(f"masks/{mask}") if mask in masks else None, source="cub"))
+        samples.append(Sample(rel, tree.path(f"images/{rel}"), label, box,
+                              mask_path=tree.path(f"masks/{mask}") if mask in masks else None, source="cub",
+                              problem=problem))
     if not samples:
         raise DatasetFormatError(f"{tree.url}: no images in split {split!r}")
     return samples, class_names

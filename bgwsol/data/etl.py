@@ -37,6 +37,7 @@ import pyarrow as pa
 from bgwsol.config import option
 from bgwsol.data.imageproc import RejectedImage, process_image
 from bgwsol.data.records import Sample
+from bgwsol.data.rejects import DEFAULT_MAX_SHARE, check_share, reject
 from bgwsol.data.source_tree import read_source
 from bgwsol.data.shardset import MANIFEST_NAME, REJECTS_NAME, FORMAT, ShardSet, manifest_bytes
 from bgwsol.data.storage import Location, check_access
@@ -56,6 +57,8 @@ class ShardConfig:
     cpus_per_task: float = option(1.0, "Ray CPUs per ETL task (one task writes one shard)")
     read_ahead: int = option(16, "source files each ETL task reads ahead on threads (hides S3 / network file "
                                  "system latency; 1: one at a time)")
+    max_reject_share: float = option(DEFAULT_MAX_SHARE, "stop, without a manifest, when more than this share of the "
+                                                        "samples is rejected (a wrong layout, not a few bad files)")
 
     def __post_init__(self) -> None:
         if self.max_short_side < 16:
@@ -66,9 +69,11 @@ class ShardConfig:
             raise ValueError(f"read_ahead must be >= 1, got {self.read_ahead}")
         if self.samples_per_shard < 0 or self.shard_size_mb <= 0:
             raise ValueError("samples_per_shard must be >= 0 and shard_size_mb > 0")
+        if not 0 <= self.max_reject_share <= 1:
+            raise ValueError(f"max_reject_share must be in [0, 1], got {self.max_reject_share}")
 
-    # settings that only schedule the work: a shard set made with other values is the same data
-    SCHEDULING = ("cpus_per_task", "read_ahead")
+    # settings that do not change the shards' content: a shard set made with other values is the same data
+    SCHEDULING = ("cpus_per_task", "read_ahead", "max_reject_share")
 
     @classmethod
     def output_settings(cls, settings: "ShardConfig | dict") -> dict:
@@ -112,7 +117,7 @@ def listing_rows(samples: Iterable[Sample], classes: list[str]) -> list[dict]:
             "__key__": key, "image_id": s.image_id, "path": str(s.path), "label": int(s.label),
             "wnid": classes[s.label] if s.label >= 0 else "", "boxes": json.dumps(np.asarray(s.boxes).tolist()),
             "mask_path": str(s.mask_path) if s.mask_path else "", "source": s.source,
-            "license": s.license,
+            "license": s.license, "problem": s.problem,
         })
     return rows
 
@@ -173,17 +178,19 @@ def process_rows(batch: pa.Table, cfg: ShardConfig) -> pa.Table:
     """Ray Data ``map_batches`` function: listing rows -> sample members, rejects marked.
 
     Output columns: ``__key__``, ``__shard__``, ``__reject__`` (empty when fine, else the
-    reason), ``__path__``, ``jpg`` (bytes), ``json`` (str), ``mask.png`` (bytes or null).
+    reason), ``__path__``, ``__clipped__`` (boxes clipped to the image edge), ``jpg`` (bytes),
+    ``json`` (str), ``mask.png`` (bytes or null).
     """
-    out: dict[str, list] = {k: [] for k in ("__key__", "__shard__", "__reject__", "__path__", "jpg", "json", "mask.png")}
+    out: dict[str, list] = {k: [] for k in ("__key__", "__shard__", "__reject__", "__path__", "__clipped__", "jpg",
+                                            "json", "mask.png")}
     for row, fetch in read_ahead(batch.to_pylist(), cfg.read_ahead):
         jpg = meta = mask = None
-        reason = ""
+        reason, clipped = "", 0
         try:
             data, mask_bytes = fetch.result()
             res = process_image(data, np.asarray(json.loads(row["boxes"]), np.int64).reshape(-1, 4),
                                 max_short_side=cfg.max_short_side, jpeg_quality=cfg.jpeg_quality, mask=mask_bytes)
-            jpg, mask = res.jpeg, res.mask_png
+            jpg, mask, clipped = res.jpeg, res.mask_png, res.clipped_boxes
             meta = json.dumps({"label": row["label"], "wnid": row["wnid"], "boxes": res.boxes.tolist(),
                                "size": list(res.size), "orig_size": list(res.orig_size), "image_id": row["image_id"],
                                "source": row["source"], "license": row["license"]}, sort_keys=True)
@@ -195,13 +202,14 @@ def process_rows(batch: pa.Table, cfg: ShardConfig) -> pa.Table:
         out["__shard__"].append(row["__shard__"])
         out["__reject__"].append(reason)
         out["__path__"].append(row["path"])
+        out["__clipped__"].append(clipped)
         out["jpg"].append(jpg)
         out["json"].append(meta)
         out["mask.png"].append(mask)
     return pa.table({
         "__key__": pa.array(out["__key__"], pa.string()), "__shard__": pa.array(out["__shard__"], pa.int64()),
         "__reject__": pa.array(out["__reject__"], pa.string()), "__path__": pa.array(out["__path__"], pa.string()),
-        "jpg": pa.array(out["jpg"], pa.binary()), "json": pa.array(out["json"], pa.string()),
+        "__clipped__": pa.array(out["__clipped__"], pa.int64()), "jpg": pa.array(out["jpg"], pa.binary()), "json": pa.array(out["json"], pa.string()),
         "mask.png": pa.array(out["mask.png"], pa.binary()),
     })
 
@@ -248,7 +256,7 @@ def _shard_datasink_class():
         """``write_webdataset``'s datasink, writing ``<split>-%06d.tar`` per listing shard.
 
         Each write task returns, per shard it holds, ``{"name", "count", "bytes", "sha256",
-        "rejects": [{"key", "path", "reason"}]}``; :attr:`results` collects them on the driver.
+        "clipped", "rejects": [{"key", "path", "reason"}]}``; :attr:`results` collects them on the driver.
         """
 
         def __init__(self, location: Location, split: str):
@@ -267,10 +275,10 @@ def _shard_datasink_class():
             results = []
             for shard, shard_rows in sorted(by_shard.items()):
                 good = [r for r in shard_rows if not r["__reject__"]]
-                rejects = [{"key": r["__key__"], "path": r["__path__"], "reason": r["__reject__"]}
-                           for r in shard_rows if r["__reject__"]]
+                rejects = [reject(r["__key__"], r["__path__"], r["__reject__"]) for r in shard_rows if r["__reject__"]]
                 name = f"{self.split}-{shard:06d}.tar"
-                entry = {"name": name, "count": len(good), "rejects": rejects, "bytes": 0, "sha256": ""}
+                entry = {"name": name, "count": len(good), "rejects": rejects, "bytes": 0, "sha256": "",
+                         "clipped": sum(r["__clipped__"] for r in good)}
                 if good:
                     path = f"{self.path}/{name}"
                     with self.open_output_stream(path) as f:
@@ -329,27 +337,37 @@ def write_shard_set(splits: list[SplitListing], url: str, *, dataset: str, class
                     class_names: list[str] | None = None, cfg: ShardConfig | None = None, source: str = "") -> ShardSet:
     """Shard every split of ``splits`` into ``url`` and commit the manifest; returns the opened set.
 
-    Rejected samples (unreadable, undecodable, boxes outside the image) are skipped, counted
-    per reason in the manifest and listed in ``rejects.jsonl``. ``source`` (where the data came
-    from) is recorded in the manifest.
+    Rejected samples (a problem the reader found, unreadable, undecodable, an invalid box) are
+    skipped, counted per reason in the manifest and listed in ``rejects.jsonl``; boxes that reach
+    past the image edge are clipped and counted (``clipped_boxes``). When more than
+    ``cfg.max_reject_share`` of the samples is rejected the run stops with
+    :class:`~bgwsol.data.rejects.TooManyRejects` and commits no manifest: before any work for
+    what the readers found, after the shards for what only decoding shows. ``source`` (where
+    the data came from) is recorded in the manifest.
     """
     cfg = cfg or ShardConfig()
+    total = sum(len(x.rows) for x in splits)
+    rejects: list[dict] = [reject(r["__key__"], r["path"], f"bad annotation: {r['problem']}", x.name)
+                           for x in splits for r in x.rows if r.get("problem")]
+    check_share(rejects, total, cfg.max_reject_share, source or url)
     loc = check_access(url, writable=True)
     loc.join(MANIFEST_NAME).delete()  # from now on the prefix is uncommitted
     manifest: dict = {"format": FORMAT, "dataset": dataset, "classes": classes,
                       "class_names": class_names or classes, "splits": {}, "etl": asdict(cfg),
                       "code_version": code_version(), "source": source}
-    rejects: list[dict] = []
+    clipped = 0
     for listing in splits:
-        if not listing.rows:
+        rows = [r for r in listing.rows if not r.get("problem")]
+        if not rows:
             continue
-        ordered = shard_order(listing.rows)
+        ordered = shard_order(rows)
         per_shard = per_shard_count(ordered, cfg)
         shards = assign_shards(ordered, per_shard)
-        log.info("%s: %d samples -> %d shards of <= %d", listing.name, len(listing.rows), len(shards), per_shard)
+        log.info("%s: %d samples -> %d shards of <= %d", listing.name, len(rows), len(shards), per_shard)
         results = write_split(shards, loc, listing.name, cfg)
         for r in results:
             rejects += [{"split": listing.name, **x} for x in r["rejects"]]
+            clipped += r["clipped"]
         kept = [{k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in results if r["count"]]
         manifest["splits"][listing.name] = {"count": sum(r["count"] for r in kept), "shards": kept}
     wanted = {s["name"] for sp in manifest["splits"].values() for s in sp["shards"]}
@@ -358,9 +376,13 @@ def write_shard_set(splits: list[SplitListing], url: str, *, dataset: str, class
             loc.join(name).delete()  # leftovers of an earlier run with other settings
     rejects.sort(key=lambda r: (r["split"], r["key"]))
     loc.join(REJECTS_NAME).write_bytes("".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+    check_share(rejects, total, cfg.max_reject_share, f"{source or url} (report: {loc.join(REJECTS_NAME).url})")
     reasons = Counter(r["reason"].split(":")[0] for r in rejects)
     manifest["rejects"] = {"count": len(rejects), "by_reason": dict(sorted(reasons.items())), "report": REJECTS_NAME}
+    manifest["clipped_boxes"] = clipped
     loc.join(MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
+    if clipped:
+        log.info("%d boxes reached past the image edge and were clipped to it", clipped)
     if rejects:
         log.warning("%d samples rejected (%s); details in %s", len(rejects),
                     ", ".join(f"{k}: {v}" for k, v in reasons.items()), loc.join(REJECTS_NAME).url)

@@ -48,13 +48,16 @@ def read_synset_mapping(root: str | Path | SourceTree) -> list[tuple[str, str]]:
     return out
 
 
-def parse_solution_csv(text: str, where: str, wnid_to_label: dict[str, int]) -> dict[str, tuple[int, np.ndarray, int]]:
-    """Parse ``ImageId,PredictionString`` rows into ``{image_id: (label, boxes (N, 4), lineno)}``.
+def parse_solution_csv(text: str, where: str,
+                       wnid_to_label: dict[str, int]) -> dict[str, tuple[int, np.ndarray, int, str]]:
+    """Parse ``ImageId,PredictionString`` rows into ``{image_id: (label, boxes (N, 4), lineno, problem)}``.
 
     The prediction string holds groups of five: ``wnid x0 y0 x1 y1``. All boxes of an image
     must name the same wnid (ILSVRC's single-label convention). ``where`` names the file in errors.
+    A row whose layout is right but whose coordinates are not numbers keeps a ``problem``
+    (``"<where>:<line>: ..."``) for the rejects report; a broken layout raises.
     """
-    rows: dict[str, tuple[int, np.ndarray, int]] = {}
+    rows: dict[str, tuple[int, np.ndarray, int, str]] = {}
     lines = text.splitlines()
     if not lines or not lines[0].startswith("ImageId"):
         raise DatasetFormatError(f"{where}:1: expected the header 'ImageId,PredictionString'")
@@ -71,13 +74,14 @@ def parse_solution_csv(text: str, where: str, wnid_to_label: dict[str, int]) -> 
             raise DatasetFormatError(f"{where}:{lineno}: unknown wnid {sorted(unknown)[0]} (not in LOC_synset_mapping.txt)")
         if len(wnids) > 1:
             raise DatasetFormatError(f"{where}:{lineno}: boxes of one image name several classes {sorted(wnids)}")
+        problem = ""
         try:
             coords = np.array([[float(v) for v in tokens[i + 1:i + 5]] for i in range(0, len(tokens), 5)])
         except ValueError:
-            raise DatasetFormatError(f"{where}:{lineno}: non-numeric box coordinate in {line!r}") from None
+            coords, problem = np.zeros((len(tokens) // 5, 4)), f"{where}:{lineno}: non-numeric box coordinate in {line!r}"
         if image_id in rows:
             raise DatasetFormatError(f"{where}:{lineno}: {image_id} listed twice (first at line {rows[image_id][2]})")
-        rows[image_id] = (wnid_to_label[tokens[0]], coords.astype(np.int64), lineno)
+        rows[image_id] = (wnid_to_label[tokens[0]], coords.astype(np.int64), lineno, problem)
     return rows
 
 
@@ -96,10 +100,11 @@ def read_ilsvrc(root: str | Path | SourceTree, split: str) -> tuple[list[Sample]
     wnid_to_label = {w: i for i, w in enumerate(wnids)}
     masks = set(tree.files("Masks/CLS-LOC"))
 
-    def sample(rel: str, label: int, boxes: np.ndarray) -> Sample:
+    def sample(rel: str, label: int, boxes: np.ndarray, problem: str = "") -> Sample:
         mask = os.path.splitext(rel)[0] + ".png"
         return Sample(rel, tree.path(f"Data/CLS-LOC/{rel}"), label, boxes,
-                      mask_path=tree.path(f"Masks/CLS-LOC/{mask}") if mask in masks else None, source="ilsvrc")
+                      mask_path=tree.path(f"Masks/CLS-LOC/{mask}") if mask in masks else None, source="ilsvrc",
+                      problem=problem)
 
     samples: list[Sample] = []
     if split == "train":
@@ -118,23 +123,24 @@ def read_ilsvrc(root: str | Path | SourceTree, split: str) -> tuple[list[Sample]
                                          "LOC_synset_mapping.txt")
             label = wnid_to_label[wnid]
             stem = os.path.splitext(name)[0]
-            b = np.zeros((0, 4), np.int64)
+            b, problem = np.zeros((0, 4), np.int64), ""
             if stem in boxes:
-                box_label, b, lineno = boxes[stem]
+                box_label, b, lineno, problem = boxes[stem]
                 if box_label != label:
                     raise DatasetFormatError(f"{tree.where(csv)}:{lineno}: {stem} boxed as {wnids[box_label]} but "
                                              f"stored under {wnid}/")
-            samples.append(sample(f"train/{rel}", label, b))
+            samples.append(sample(f"train/{rel}", label, b, problem))
     else:
         csv = "LOC_val_solution.csv"
         by_stem = _images_by_stem(tree.files("Data/CLS-LOC/val"))
-        for image_id, (label, b, lineno) in sorted(parse_solution_csv(tree.read_text(csv), tree.where(csv),
-                                                                      wnid_to_label).items()):
+        for image_id, (label, b, lineno, problem) in sorted(parse_solution_csv(tree.read_text(csv), tree.where(csv),
+                                                                               wnid_to_label).items()):
             name = by_stem.get(image_id)
             if name is None:
-                raise DatasetFormatError(f"{tree.where(csv)}:{lineno}: image {image_id} not found under "
-                                         f"{tree.where('Data/CLS-LOC/val')}")
-            samples.append(sample(f"val/{name}", label, b))
+                name = f"{image_id}.JPEG"
+                problem = (f"{tree.where(csv)}:{lineno}: image {image_id} not found under "
+                           f"{tree.where('Data/CLS-LOC/val')}")
+            samples.append(sample(f"val/{name}", label, b, problem))
     if not samples:
         raise DatasetFormatError(f"{tree.url}: no images in split {split!r}")
     return samples, wnids

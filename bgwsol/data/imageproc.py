@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bgwsol.data.records import InvalidBox, fit_boxes
+
 Image.MAX_IMAGE_PIXELS = 200_000_000  # refuse decompression bombs above ~200 MP, well above any photo
 
 
@@ -29,6 +31,7 @@ class ProcessedImage:
         orig_size: ``(width, height)`` of the decoded original, pixels.
         boxes: ``(N, 4)`` int64 inclusive corners in the resized image.
         mask_png: the ground-truth mask resized with the image (PNG, 0/255), or None.
+        clipped_boxes: how many boxes reached past the original image's edge and were clipped.
     """
 
     jpeg: bytes
@@ -36,6 +39,7 @@ class ProcessedImage:
     orig_size: tuple[int, int]
     boxes: np.ndarray
     mask_png: bytes | None
+    clipped_boxes: int = 0
 
 
 def target_size(size: tuple[int, int], max_short_side: int) -> tuple[int, int]:
@@ -109,15 +113,17 @@ def process_image(data: bytes, boxes: np.ndarray | None = None, *, max_short_sid
                   jpeg_quality: int = 90, mask: bytes | None = None) -> ProcessedImage:
     """Decode ``data``, shrink it so the shorter side is at most ``max_short_side``, re-encode JPEG.
 
-    ``boxes`` (inclusive corners in the original image) must lie inside the decoded image,
-    else RejectedImage: an annotation that does not fit its image is not silently clipped.
+    ``boxes`` (inclusive corners in the original image) that reach past the edge are clipped
+    (:func:`~bgwsol.data.records.fit_boxes`); an inverted, empty or far-outside box raises
+    RejectedImage.
     ``mask`` (PNG/any image bytes, nonzero = object) is resized with nearest neighbour.
     """
     im, orig = decode_rgb(data, max_short_side)
     boxes = np.zeros((0, 4), np.int64) if boxes is None else np.asarray(boxes, np.int64).reshape(-1, 4)
-    if len(boxes) and (boxes[:, :2].min() < 0 or boxes[:, 2].max() >= orig[0] or boxes[:, 3].max() >= orig[1]
-                       or (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any()):
-        raise RejectedImage(f"box {boxes.tolist()} outside the {orig[0]}x{orig[1]} image")
+    try:
+        boxes, clipped = fit_boxes(boxes, orig)
+    except InvalidBox as exc:
+        raise RejectedImage(f"bad box: {exc}") from None
     size = target_size(orig, max_short_side)
     if im.size != size:
         im = im.resize(size, Image.BILINEAR, reducing_gap=None if im.size[0] < 2 * size[0] else 2.0)
@@ -137,5 +143,5 @@ def process_image(data: bytes, boxes: np.ndarray | None = None, *, max_short_sid
         m.save(mbuf, format="PNG", optimize=False)
         mask_png = mbuf.getvalue()
     return ProcessedImage(buf.getvalue(), size, orig, scale_boxes(boxes, orig, size) if len(boxes) else boxes,
-                          mask_png)
+                          mask_png, clipped)
 

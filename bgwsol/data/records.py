@@ -30,6 +30,8 @@ class Sample:
         mask_path: ground-truth foreground mask (PNG, nonzero = object), if any.
         source: where the sample came from (``"ilsvrc"``, ``"cub"``, ``"background"``, a URL).
         license: the image's license where known (crawled background images).
+        problem: why this one sample cannot be used (``"<file>:<line>: <reason>"``), found by the
+            reader; empty when fine. Such a sample goes to the rejects report, not into a split.
     """
 
     image_id: str
@@ -40,18 +42,43 @@ class Sample:
     mask_path: Path | None = None
     source: str = ""
     license: str = ""
+    problem: str = ""
 
     @property
     def is_background(self) -> bool:
         return self.label == BACKGROUND_LABEL
 
 
-def check_boxes_inside(boxes: np.ndarray, size: tuple[int, int], where: str) -> None:
-    """Raise DatasetFormatError (naming ``where``) if a box leaves the image or is inverted."""
+class InvalidBox(ValueError):
+    """A box that no clipping can save: inverted, empty, or far outside its image."""
+
+
+def edge_slack(side: int) -> float:
+    """How far (pixels) a box may pass one image edge and still count as reaching it: 2 pixels
+    or 2 % of the side, whichever is more. CUB's ``x + w`` and ILSVRC's ``xmax`` equal to the
+    width are one pixel past the last column; annotators' clicks land a few pixels off."""
+    return max(2.0, 0.02 * side)
+
+
+def fit_boxes(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """Clip inclusive corner boxes ``(N, 4)`` that reach past the edge of a ``(w, h)`` image.
+
+    Returns ``(boxes clipped to [0, w-1] x [0, h-1] as int64, how many boxes were clipped)``.
+    Raises :class:`InvalidBox` for an inverted or empty box (``x1 <= x0`` or ``y1 <= y0``) or
+    one that passes an edge by more than :func:`edge_slack`.
+    """
     w, h = size
-    for box in np.asarray(boxes).reshape(-1, 4):
-        x0, y0, x1, y1 = (int(v) for v in box)
-        if x1 < x0 or y1 < y0:
-            raise DatasetFormatError(f"{where}: box {[x0, y0, x1, y1]} has x1 < x0 or y1 < y0")
-        if x0 < 0 or y0 < 0 or x1 >= w or y1 >= h:
-            raise DatasetFormatError(f"{where}: box {[x0, y0, x1, y1]} lies outside the {w}x{h} image")
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    for x0, y0, x1, y1 in boxes.tolist():
+        if x1 <= x0 or y1 <= y0:
+            raise InvalidBox(f"box {[x0, y0, x1, y1]} is {'inverted' if x1 < x0 or y1 < y0 else 'empty'}")
+        sx, sy = edge_slack(w), edge_slack(h)
+        if x0 < -sx or y0 < -sy or x1 > w - 1 + sx or y1 > h - 1 + sy:
+            raise InvalidBox(f"box {[x0, y0, x1, y1]} lies outside the {w}x{h} image")
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w - 1)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, h - 1)
+    for box, fit in zip(boxes.tolist(), clipped.tolist()):
+        if fit[2] <= fit[0] or fit[3] <= fit[1]:  # within the slack, but wholly beyond an edge
+            raise InvalidBox(f"box {box} lies outside the {w}x{h} image")
+    return clipped, int((clipped != boxes).any(axis=1).sum())

@@ -112,6 +112,8 @@ def summary(shards: ShardSet) -> str:
     rej = m["rejects"]
     lines.append(f"  rejected   {rej['count']:>9}" + (f"  ({', '.join(f'{k}: {v}' for k, v in rej['by_reason'].items())}; "
                                                       f"see {shards.location.join(rej['report']).url})" if rej["count"] else ""))
+    if m.get("clipped_boxes"):
+        lines.append(f"  clipped    {m['clipped_boxes']:>9} boxes that reached past the image edge")
     return "\n".join(lines)
 
 

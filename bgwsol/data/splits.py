@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from bgwsol.data.records import DatasetFormatError, Sample, check_boxes_inside
+from bgwsol.data.records import DatasetFormatError, InvalidBox, Sample, fit_boxes
+from bgwsol.data.rejects import DEFAULT_MAX_SHARE, check_share, reject
+
+log = logging.getLogger(__name__)
 
 
 def hold_out(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:
@@ -26,23 +30,44 @@ def hold_out(samples: list[Sample], fraction: float) -> tuple[list[Sample], list
     return [s for s in samples if s.image_id not in val_ids], val
 
 
-def with_sizes(samples: list[Sample]) -> list[Sample]:
-    """Fill in ``size`` from each image's header and check every box lies inside the image.
+@dataclass
+class Checked:
+    """Samples that passed :func:`with_sizes`, the rejects report of those that did not, and how
+    many boxes were clipped to their image's edge."""
 
-    A local file is opened and only its header parsed; an ``s3://`` image is fetched whole.
+    samples: list[Sample]
+    rejects: list[dict]
+    clipped_boxes: int = 0
+
+
+def with_sizes(samples: list[Sample], split: str = "") -> Checked:
+    """Fill in ``size`` from each image's header and fit every box to its image.
+
+    A box that reaches the edge is clipped and counted; a sample whose reader found a problem,
+    whose header cannot be read or whose box is invalid (:func:`~bgwsol.data.records.fit_boxes`)
+    goes to the rejects report. A local file is opened and only its header parsed; an ``s3://``
+    image is fetched whole.
     """
     from bgwsol.data.source_tree import image_file
 
-    out = []
+    out, rejects, clipped = [], [], 0
     for s in samples:
         try:
+            if s.problem:
+                raise InvalidBox(f"bad annotation: {s.problem}")
             with Image.open(image_file(s.path)) as im:
                 size = im.size
+            boxes, n = fit_boxes(s.boxes, size)
         except (OSError, SyntaxError) as exc:
-            raise DatasetFormatError(f"{s.path}: cannot read image header ({exc})") from None
-        check_boxes_inside(s.boxes, size, f"{s.path} ({s.image_id})")
-        out.append(dataclasses.replace(s, size=size))
-    return out
+            rejects.append(reject(s.image_id, str(s.path), f"cannot read image header: {exc}", split))
+            continue
+        except InvalidBox as exc:
+            reason = str(exc) if s.problem else f"bad box: {exc}"
+            rejects.append(reject(s.image_id, str(s.path), reason, split))
+            continue
+        clipped += n
+        out.append(dataclasses.replace(s, size=size, boxes=boxes))
+    return Checked(out, rejects, clipped)
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,8 @@ class Splits:
     test: list[Sample]
     background: list[Sample]
     classes: list[str]
+    rejects: list[dict] = dataclasses.field(default_factory=list)
+    clipped_boxes: int = 0
 
 
 def read_dataset(dataset: str, root: str | Path) -> tuple[list[Sample], list[Sample], list[str], list[str]]:
@@ -86,13 +113,31 @@ def read_dataset(dataset: str, root: str | Path) -> tuple[list[Sample], list[Sam
     return train, test, classes, names
 
 
-def load_splits(dataset: str, root: str | Path, background: str | Path | None, val_fraction: float) -> Splits:
-    """Read a dataset in its own layout and carve the validation split from its train split."""
+def load_splits(dataset: str, root: str | Path, background: str | Path | None, val_fraction: float,
+                max_reject_share: float = DEFAULT_MAX_SHARE) -> Splits:
+    """Read a dataset in its own layout and carve the validation split from its train split.
+
+    Samples the reader flagged and, in validation and test, images whose header or box is bad
+    are left out and listed in ``Splits.rejects``; above ``max_reject_share`` of all samples
+    :class:`~bgwsol.data.rejects.TooManyRejects` stops the run.
+    """
     from bgwsol.data.background import read_background_folder
 
     train, test, classes, _names = read_dataset(dataset, root)
+    total = len(train) + len(test)
+    rejects = [reject(s.image_id, str(s.path), f"bad annotation: {s.problem}", "train") for s in train if s.problem]
+    train = [s for s in train if not s.problem]
     train, val = hold_out(train, val_fraction)
     if not val:
         raise DatasetFormatError(f"{root}: no boxed train images to hold out as validation (val_fraction={val_fraction})")
+    val_c, test_c = with_sizes(val, "val"), with_sizes(test, "test")
+    rejects += val_c.rejects + test_c.rejects
+    check_share(rejects, total, max_reject_share, str(root))
+    clipped = val_c.clipped_boxes + test_c.clipped_boxes
+    if clipped:
+        log.info("%s: %d boxes reached past the image edge and were clipped", root, clipped)
+    if rejects:
+        log.warning("%s: %d of %d samples rejected and left out, e.g. %s: %s", root, len(rejects), total,
+                    rejects[0]["path"], rejects[0]["reason"])
     bg = read_background_folder(background) if background else []
-    return Splits(train, with_sizes(val), with_sizes(test), bg, classes)
+    return Splits(train, val_c.samples, test_c.samples, bg, classes, rejects, clipped)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bgwsol.data.records import DatasetFormatError, Sample, check_boxes_inside
+from bgwsol.data.records import DatasetFormatError, InvalidBox, Sample, fit_boxes
 
 
 @dataclass
@@ -66,7 +66,12 @@ def read_wsol_metadata(folder: str | Path) -> WSOLMetadata:
             raise DatasetFormatError(f"{loc}:{lineno}: image id {parts[0]!r} is not in image_ids.txt")
         box = _ints(parts[1:], loc, lineno)
         if parts[0] in meta.sizes:
-            check_boxes_inside(np.array([box]), meta.sizes[parts[0]], f"{loc}:{lineno}")
+            # a box that reaches the edge is clipped; an invalid one stops the scoring, since
+            # leaving its image out would change what the score means
+            try:
+                box = fit_boxes(np.array([box]), meta.sizes[parts[0]])[0][0].tolist()
+            except InvalidBox as exc:
+                raise DatasetFormatError(f"{loc}:{lineno}: {exc}") from None
         boxes.setdefault(parts[0], []).append(box)
     for image_id in image_ids:
         for what, table in (("image_sizes.txt", meta.sizes), ("localization.txt", boxes)):
