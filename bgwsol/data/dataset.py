@@ -32,28 +32,41 @@ def eval_transform(size: int) -> v2.Compose:
     ])
 
 
-def load_rgb(path) -> Image.Image:
+def load_rgb(path, min_short_side: int = 0) -> Image.Image:
     """Decode any image file (a local path or an ``s3://`` URL) to RGB (grayscale, CMYK, palette and
-    alpha converted)."""
+    alpha converted).
+
+    With ``min_short_side`` a JPEG is decoded at the smallest DCT scale that keeps its shorter
+    side at least that long (``Image.draft``): a 2000-pixel photo meant for a 224-pixel input
+    decodes several times faster.
+    """
     from bgwsol.data.source_tree import image_file
 
     with Image.open(image_file(path)) as im:
+        if min_short_side and im.format == "JPEG":
+            scale = min_short_side / min(im.size)
+            if scale < 1:
+                im.draft("RGB", (round(im.size[0] * scale), round(im.size[1] * scale)))
         return im.convert("RGB")
 
 
 class SampleDataset(Dataset):
-    """``samples[i]`` -> ``{"image": (3, S, S) float, "label": int, "index": i}``."""
+    """``samples[i]`` -> ``{"image": (3, S, S) float, "label": int, "index": i}``.
 
-    def __init__(self, samples: list[Sample], transform: v2.Compose):
+    ``decode_short_side``: JPEGs are decoded no larger than needed for this shorter side (0: full).
+    """
+
+    def __init__(self, samples: list[Sample], transform: v2.Compose, decode_short_side: int = 0):
         self.samples = samples
         self.transform = transform
+        self.decode_short_side = decode_short_side
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict:
         s = self.samples[i]
-        return {"image": self.transform(load_rgb(s.path)), "label": s.label, "index": i}
+        return {"image": self.transform(load_rgb(s.path, self.decode_short_side)), "label": s.label, "index": i}
 
 
 class MixedBatchSampler(Sampler[list[int]]):

@@ -9,7 +9,13 @@ the class-agnostic foreground map ``(B, 1, h, w)``.
              ``KL(uniform || softmax(GAP(A)))``: a background image is no class;
 * ``obj``    on object images: ``BCE(M, 1)``, or with ``obj_loss="nnpu"`` the non-negative
              PU risk that treats background pixels as labelled negatives and object-image
-             pixels as unlabelled with foreground prior ``class_prior``;
+             pixels as unlabelled with foreground prior ``class_prior``. With
+             ``obj_target="cam"`` the targets are pseudo-labels from the classifier's own
+             evidence instead: 1 where the true class's normalized CAM is at least ``cam_fg``,
+             0 where it is at most ``cam_bg`` (pseudo-background from the object images
+             themselves), the band between ignored; it switches on with ``mask``. On real
+             photos "every pixel of an object image is object" teaches the head "unlike the
+             background set" (studio backdrops, the ground around an animal light up);
 * ``fg_cls`` cross-entropy of ``GAP(M * A)``: the foreground alone explains the class;
 * ``mask``   ``BCE(minmax(A_y), stopgrad(minmax(M)))`` (or MSE): the CAM grows to the region;
 * ``area``   ``mean(M)`` on object images (keeps the region tight).
@@ -57,7 +63,10 @@ class BGWSOL(Method):
             terms["bg"] = zero
 
         if obj.any():
-            if cfg.obj_loss == "bce":
+            if cfg.obj_target == "cam":
+                terms["obj"] = (self._cam_pseudo_label_loss(fg_logits[obj][:, 0], cams[obj], labels[obj])
+                                if epoch >= cfg.mask_warmup_epochs else zero)
+            elif cfg.obj_loss == "bce":
                 terms["obj"] = _bce_logits_const(fg_logits[obj], 1.0)
             elif cfg.obj_loss == "nnpu":
                 # unlabelled risk of calling everything positive, minus the part the known
@@ -87,6 +96,18 @@ class BGWSOL(Method):
         total = (terms["cls"] + cfg.lambda_bg * terms["bg"] + cfg.lambda_obj * terms["obj"]
                  + cfg.lambda_fg * terms["fg_cls"] + cfg.lambda_mask * terms["mask"] + cfg.lambda_area * terms["area"])
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
+
+    def _cam_pseudo_label_loss(self, fg_logits: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Balanced BCE of the foreground logits ``(n, h, w)`` against the CAM pseudo-labels of
+        each image's true class (``cams`` ``(n, K, h, w)``, ``labels`` ``(n,)``): the mean over
+        the object pixels plus the mean over the pseudo-background pixels, halved."""
+        level = minmax(class_maps(cams, labels)).detach()
+        pos, neg = level >= self.cfg.cam_fg, level <= self.cfg.cam_bg
+        loss = fg_logits.new_zeros(())
+        for where, target in ((pos, 1.0), (neg, 0.0)):
+            if where.any():
+                loss = loss + 0.5 * _bce_logits_const(fg_logits[where], target)
+        return loss
 
     def scoremaps(self, outputs: dict[str, torch.Tensor], classes: torch.Tensor) -> torch.Tensor:
         a = self.cfg.alpha

@@ -55,21 +55,40 @@ class _Features(nn.Module):
         self.stride = stride
         self.split = split
         self.mid_channels = mid_channels
+        self.frozen = 0
+
+    def freeze(self, count: int) -> "_Features":
+        """Keep the first ``count`` modules of the body at their (pretrained) weights: no gradient,
+        batch-norm statistics not updated, run without autograd. Fine-tuning then pays backward
+        only for the later, low-resolution layers. ``count`` must leave the mid-level cut trainable."""
+        if not 0 <= count <= self.split:
+            raise ValueError(f"can freeze 0..{self.split} leading modules (up to the mid-level cut), got {count}")
+        self.frozen = count
+        for p in self.body[:count].parameters():
+            p.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "_Features":
+        super().train(mode)
+        for m in self.body[:self.frozen]:
+            m.eval()
+        return self
 
     def forward(self, x: torch.Tensor, *, stage: Literal["all", "mid", "late"] = "all") -> torch.Tensor:
         """``stage="all"``: images -> features; ``"mid"``: images -> mid-level features;
         ``"late"``: mid-level features -> features. (One entry point, so that
         ``torch.func.functional_call`` can run any part with substituted weights.)"""
-        if stage == "all":
-            return self.body(x)
-        modules = list(self.body)
-        if stage == "mid":
-            modules = modules[:self.split]
-        elif stage == "late":
-            modules = modules[self.split:]
-        else:
+        if stage not in ("all", "mid", "late"):
             raise ValueError(f"stage must be 'all', 'mid' or 'late', got {stage!r}")
-        for m in modules:
+        start = self.split if stage == "late" else 0
+        stop = self.split if stage == "mid" else len(self.body)
+        modules = list(self.body)
+        if start < self.frozen:
+            with torch.no_grad():
+                for m in modules[start:self.frozen]:
+                    x = m(x)
+            start = self.frozen
+        for m in modules[start:stop]:
             x = m(x)
         return x
 
