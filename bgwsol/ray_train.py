@@ -163,7 +163,8 @@ def train_loop_per_worker(config: dict) -> None:
     from bgwsol.evaluate import evaluate, overlay_grid
     from bgwsol.methods import build_method
     from bgwsol.tracking import RunLogger, TrackingConfig, git_state
-    from bgwsol.train import build_model, cosine_with_warmup, make_optimizer, map_variants, seed_everything
+    from bgwsol.train import (build_model, compute_losses, cosine_with_warmup, make_optimizer, map_variants,
+                              seed_everything)
 
     cfg = from_dict(RunConfig, config["run"])
     cluster = from_dict(ClusterConfig, config["cluster"])
@@ -237,8 +238,7 @@ def train_loop_per_worker(config: dict) -> None:
             images = normalize(batch["image"].to(device, non_blocking=True)).contiguous(
                 memory_format=torch.channels_last if use_amp else torch.contiguous_format)
             labels = batch["label"].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                terms = method.losses(model(images), labels, epoch)
+            terms = compute_losses(model, method, images, labels, epoch, torch.bfloat16 if use_amp else None)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()

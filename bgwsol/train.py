@@ -57,6 +57,19 @@ def map_variants(method: Method) -> dict[str, Method]:
     return variants
 
 
+def compute_losses(model: torch.nn.Module, method: Method, images: torch.Tensor, labels: torch.Tensor, epoch: int,
+                   amp_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The method's loss terms for one batch: the forward pass under autocast to ``amp_dtype``
+    (None: full precision), the losses in fp32 outside it. Losses such as
+    ``F.binary_cross_entropy`` are refused under CUDA autocast, and min-max normalized maps
+    lose their low end in bf16."""
+    if amp_dtype is None:
+        return method.losses(model(images), labels, epoch)
+    with torch.autocast(images.device.type, dtype=amp_dtype):
+        outputs = model(images)
+    return method.losses({k: v.float() for k, v in outputs.items()}, labels, epoch)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.SGD:
     """Nesterov SGD; weight decay on weights only (not on biases and norm parameters)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -165,7 +178,7 @@ def train_and_evaluate(cfg: RunConfig, splits: Splits | None = None, *, show_pro
         sums: dict[str, float] = {}
         for batch in train_loader:
             images, labels = batch["image"], torch.as_tensor(batch["label"])
-            terms = method.losses(model(images), labels, epoch)
+            terms = compute_losses(model, method, images, labels, epoch)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
