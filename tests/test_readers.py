@@ -149,25 +149,24 @@ def test_cub_missing_box_row(tiny_synthetic, tmp_path):
         read_cub(dst, "train")
 
 
+def _one_image_metadata(folder, box: str):
+    """A wsolevaluation metadata folder of one 10x10 image ``a`` with ``box`` (``"x0,y0,x1,y1"``)."""
+    folder.mkdir()
+    (folder / "image_ids.txt").write_text("a\n")
+    (folder / "class_labels.txt").write_text("a,0\n")
+    (folder / "image_sizes.txt").write_text("a,10,10\n")
+    (folder / "localization.txt").write_text(f"a,{box}\n")
+    return folder
+
+
 def test_metadata_box_reaching_the_edge_is_clipped(tmp_path):
-    meta = tmp_path / "m"
-    meta.mkdir()
-    (meta / "image_ids.txt").write_text("a\n")
-    (meta / "class_labels.txt").write_text("a,0\n")
-    (meta / "image_sizes.txt").write_text("a,10,10\n")
-    (meta / "localization.txt").write_text("a,2,0,10,5\n")  # x1 = width: reaches the edge
+    meta = _one_image_metadata(tmp_path / "m", "2,0,10,5")  # x1 = width: reaches the edge
     assert read_wsol_metadata(meta).boxes["a"].tolist() == [[2, 0, 9, 5]]
 
 
 def test_metadata_with_box_outside(tmp_path):
-    meta = tmp_path / "m"
-    meta.mkdir()
-    (meta / "image_ids.txt").write_text("a\n")
-    (meta / "class_labels.txt").write_text("a,0\n")
-    (meta / "image_sizes.txt").write_text("a,10,10\n")
-    (meta / "localization.txt").write_text("a,0,0,20,5\n")
     with pytest.raises(DatasetFormatError, match=r"localization.txt:1.*outside"):
-        read_wsol_metadata(meta)
+        read_wsol_metadata(_one_image_metadata(tmp_path / "m", "0,0,20,5"))
 
 
 def test_background_folder_errors(tmp_path):
