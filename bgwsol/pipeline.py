@@ -262,10 +262,35 @@ def parse_flow_args(defaults: PipelineConfig, doc: str, argv: list[str] | None =
     add_config_args(parser, PipelineConfig, defaults)
     args = parser.parse_args(argv)
     cfg = config_from_args(PipelineConfig, args, defaults)
-    profile = real if cfg.source else demo
+    profile = dict(real if cfg.source else demo or {})
+    given = vars(args)
+    if "run.model.backbone" in given and given["run.model.backbone"] != profile.get("run.model.backbone",
+                                                                                    given["run.model.backbone"]):
+        # another backbone asked for: the profile's weights and frozen layers belong to its own backbone
+        for key in ("run.model.backbone", "run.model.weights", "run.model.frozen_layers"):
+            profile.pop(key, None)
     if profile:
         cfg = config_from_args(PipelineConfig, args, replace(defaults, **profile))
     return cfg
+
+
+def pipeline_problems(cfg: PipelineConfig) -> list[str]:
+    """Everything that can be checked before the main job shards, starts a server or trains."""
+    from bgwsol.preflight import methods_problems, run_config_problems
+
+    problems = run_config_problems(cfg.run, "run.")
+    problems += methods_problems(["bgwsol"] + ([cfg.baseline] if cfg.baseline else []), cfg.run, "run.")
+    for setting, path in (("source", cfg.source), ("background", cfg.background)):
+        if path and "://" not in path and not Path(path).exists():
+            problems.append(f"--{setting} {path!r}: not found")
+    if cfg.cluster.num_workers < 1:
+        problems.append(f"--cluster.num_workers {cfg.cluster.num_workers}: must be >= 1")
+    elif cfg.run.train.batch_size < cfg.cluster.num_workers:
+        problems.append(f"--run.train.batch_size {cfg.run.train.batch_size}: the global batch must hold at least one "
+                        f"image per worker (--cluster.num_workers {cfg.cluster.num_workers})")
+    if cfg.search.num_samples < 1:
+        problems.append(f"--search.num_samples {cfg.search.num_samples}: must be >= 1")
+    return problems
 
 
 def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
@@ -275,6 +300,11 @@ def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_flow_args(defaults, doc, argv, demo)
+    problems = pipeline_problems(cfg)
+    if problems:
+        from bgwsol.preflight import report as report_problems
+
+        return report_problems(problems)
     save_config(cfg)
     t0 = time.time()
     result = run_pipeline(cfg)

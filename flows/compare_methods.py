@@ -70,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     cfg = config_from_args(RunConfig, args, DEFAULTS)
+    from bgwsol.preflight import methods_problems, report, run_config_problems
+
+    problems = run_config_problems(cfg) + methods_problems(args.methods, cfg)
+    if not args.seeds:
+        problems.append("--seeds: give at least one seed")
+    if problems:
+        return report(problems)
     synthetic = None
     if not cfg.data.root:
         syn = SyntheticConfig(train_per_class=args.synthetic_train_per_class)

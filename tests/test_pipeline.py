@@ -73,3 +73,6 @@ def test_the_demo_sizing_applies_only_to_the_embedded_dataset():
     own = parse_flow_args(flow.DEFAULTS, "", ["--source", "/d", "--run.model.backbone", "resnet50",
                                               "--run.model.weights", "/m/r50.pth"], flow.DEMO)
     assert (own.run.model.backbone, own.run.model.weights, own.run.data.input_size) == ("resnet50", "/m/r50.pth", 224)
+    # another backbone without weights: not the profile's weights, which fit only its own backbone
+    tiny = parse_flow_args(flow.DEFAULTS, "", ["--source", "/d", "--run.model.backbone", "tiny"], flow.DEMO)
+    assert (tiny.run.model.backbone, tiny.run.model.weights, tiny.run.model.frozen_layers) == ("tiny", "", 0)

