@@ -59,18 +59,12 @@ def sync(device: torch.device) -> None:
 
 def build(backbone: str, method_name: str, num_classes: int):
     """(model, method) as training builds them, without the data or tracking stack."""
-    from bgwsol.config import MethodConfig
+    from bgwsol.config import MethodConfig, ModelConfig
     from bgwsol.methods import build_method
     from bgwsol.models import build_backbone
 
     method = build_method(MethodConfig(name=method_name, mask_warmup_epochs=0))
-    return method.build_network(build_backbone(backbone), num_classes, _model_cfg()), method
-
-
-def _model_cfg():
-    from bgwsol.config import ModelConfig
-
-    return ModelConfig()
+    return method.build_network(build_backbone(backbone), num_classes, ModelConfig()), method
 
 
 def fake_batch(batch: int, size: int, num_classes: int, device: torch.device, bg_share: float = 0.25):
@@ -192,8 +186,8 @@ def section_eval(args, device: torch.device) -> None:
                 gpu_s, cpu_s, count = gpu_s + t1 - t0, cpu_s + t2 - t1, count + len(maps)
     emit({"figure": "eval", "backbone": args.backbones[0], "batch": args.eval_batch, "maps": count,
           "maps_per_s": round(count / (gpu_s + cpu_s), 1), "model_and_upsample_ms_per_map": round(1000 * gpu_s / count, 3),
-          "box_search_ms_per_map": round(1000 * cpu_s / count, 3), "thresholds": len(ev.boxes.thresholds)
-          if hasattr(ev.boxes, "thresholds") else None, "device": device_name(device)})
+          "box_search_ms_per_map": round(1000 * cpu_s / count, 3), "thresholds": len(ev.boxes.thresholds),
+          "device": device_name(device)})
 
 
 def section_loader(args) -> None:

@@ -276,13 +276,11 @@ def parse_flow_args(defaults: PipelineConfig, doc: str, argv: list[str] | None =
 
 def pipeline_problems(cfg: PipelineConfig) -> list[str]:
     """Everything that can be checked before the main job shards, starts a server or trains."""
-    from bgwsol.preflight import methods_problems, run_config_problems
+    from bgwsol.preflight import methods_problems, path_problem, run_config_problems
 
     problems = run_config_problems(cfg.run, "run.")
     problems += methods_problems(["bgwsol"] + ([cfg.baseline] if cfg.baseline else []), cfg.run, "run.")
-    for setting, path in (("source", cfg.source), ("background", cfg.background)):
-        if path and "://" not in path and not Path(path).exists():
-            problems.append(f"--{setting} {path!r}: not found")
+    problems += [p for p in (path_problem("--source", cfg.source), path_problem("--background", cfg.background)) if p]
     if cfg.cluster.num_workers < 1:
         problems.append(f"--cluster.num_workers {cfg.cluster.num_workers}: must be >= 1")
     elif cfg.run.train.batch_size < cfg.cluster.num_workers:

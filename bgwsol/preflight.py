@@ -14,8 +14,11 @@ from bgwsol.config import RunConfig
 SELECT_METRICS = ("top1_loc", "gt_known_loc", "maxboxacc_v2", "boxacc_v2_at_tau", "top5_loc", "top1_cls")
 
 
-def _local_missing(path: str) -> bool:
-    return bool(path) and "://" not in path and not Path(path).exists()
+def path_problem(flag: str, path: str) -> str | None:
+    """``"<flag> '<path>': not found"`` for a local path that does not exist (URLs are not checked here)."""
+    if path and "://" not in path and not Path(path).exists():
+        return f"{flag} {path!r}: not found"
+    return None
 
 
 def run_config_problems(cfg: RunConfig, prefix: str = "") -> list[str]:
@@ -68,8 +71,8 @@ def run_config_problems(cfg: RunConfig, prefix: str = "") -> list[str]:
                  "bas_lambda_area", "bas_lambda_fg"):
         need(getattr(meth, name) >= 0, f"method.{name}", getattr(meth, name), "must be >= 0")
     need(meth.mask_warmup_epochs >= 0, "method.mask_warmup_epochs", meth.mask_warmup_epochs, "must be >= 0")
-    for setting, path in (("data.root", d.root), ("data.background", d.background)):
-        need(not _local_missing(path), setting, path, "not found")
+    out += [p for p in (path_problem(f"{flag}data.root", d.root), path_problem(f"{flag}data.background",
+                                                                                d.background)) if p]
     return out
 
 

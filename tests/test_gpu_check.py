@@ -29,14 +29,14 @@ def test_gpu_check_tiny_prints_one_json_line_per_figure(capsys):
 
 
 def test_losses_are_computed_in_fp32_outside_autocast():
-    from bgwsol.config import MethodConfig
+    from bgwsol.config import MethodConfig, ModelConfig
     from bgwsol.methods import build_method
     from bgwsol.models import build_backbone
     from bgwsol.train import compute_losses
 
     torch.manual_seed(0)
     method = build_method(MethodConfig(name="bgwsol", mask_warmup_epochs=0))
-    model = method.build_network(build_backbone("tiny"), 3, _model_cfg()).eval()
+    model = method.build_network(build_backbone("tiny"), 3, ModelConfig()).eval()
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, -1])
     full = compute_losses(model, method, images, labels, 0)
     half = compute_losses(model, method, images, labels, 0, torch.bfloat16)
@@ -44,9 +44,3 @@ def test_losses_are_computed_in_fp32_outside_autocast():
     # bf16 only in the forward pass: each term within 2 % (in bf16 the min-max maps lost ~10 %)
     for k in full:
         torch.testing.assert_close(half[k], full[k], rtol=0.02, atol=2e-3)
-
-
-def _model_cfg():
-    from bgwsol.config import ModelConfig
-
-    return ModelConfig()

@@ -5,7 +5,8 @@ Boxes become inclusive corners ``(x, y, x + w, y + h)`` truncated to int (wsolev
 CUB metadata); ``x + w`` equal to the width reaches the edge and is clipped where the image size
 is known (:func:`bgwsol.data.records.fit_boxes`). A row that cannot be one usable sample (a
 non-numeric or empty box, an image that is not there) becomes a sample with ``problem`` set,
-for the rejects report; a file that breaks the layout raises :class:`DatasetFormatError`. Splits: ``train`` and ``test`` from ``train_test_split.txt``.
+for the rejects report; a file that breaks the layout raises :class:`DatasetFormatError`.
+Splits: ``train`` and ``test`` from ``train_test_split.txt``.
 """
 
 from __future__ import annotations

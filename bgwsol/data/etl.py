@@ -37,7 +37,7 @@ import pyarrow as pa
 from bgwsol.config import option
 from bgwsol.data.imageproc import RejectedImage, process_image
 from bgwsol.data.records import Sample
-from bgwsol.data.rejects import DEFAULT_MAX_SHARE, check_share, reject
+from bgwsol.data.rejects import DEFAULT_MAX_SHARE, annotation_reject, check_share, reject
 from bgwsol.data.source_tree import read_source
 from bgwsol.data.shardset import MANIFEST_NAME, REJECTS_NAME, FORMAT, ShardSet, manifest_bytes
 from bgwsol.data.storage import Location, check_access
@@ -209,8 +209,8 @@ def process_rows(batch: pa.Table, cfg: ShardConfig) -> pa.Table:
     return pa.table({
         "__key__": pa.array(out["__key__"], pa.string()), "__shard__": pa.array(out["__shard__"], pa.int64()),
         "__reject__": pa.array(out["__reject__"], pa.string()), "__path__": pa.array(out["__path__"], pa.string()),
-        "__clipped__": pa.array(out["__clipped__"], pa.int64()), "jpg": pa.array(out["jpg"], pa.binary()), "json": pa.array(out["json"], pa.string()),
-        "mask.png": pa.array(out["mask.png"], pa.binary()),
+        "__clipped__": pa.array(out["__clipped__"], pa.int64()), "jpg": pa.array(out["jpg"], pa.binary()),
+        "json": pa.array(out["json"], pa.string()), "mask.png": pa.array(out["mask.png"], pa.binary()),
     })
 
 
@@ -347,7 +347,7 @@ def write_shard_set(splits: list[SplitListing], url: str, *, dataset: str, class
     """
     cfg = cfg or ShardConfig()
     total = sum(len(x.rows) for x in splits)
-    rejects: list[dict] = [reject(r["__key__"], r["path"], f"bad annotation: {r['problem']}", x.name)
+    rejects: list[dict] = [annotation_reject(r["__key__"], r["path"], r["problem"], x.name)
                            for x in splits for r in x.rows if r.get("problem")]
     check_share(rejects, total, cfg.max_reject_share, source or url)
     loc = check_access(url, writable=True)

@@ -68,17 +68,16 @@ def fit_boxes(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, int
     one that passes an edge by more than :func:`edge_slack`.
     """
     w, h = size
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    for x0, y0, x1, y1 in boxes.tolist():
+    sx, sy = edge_slack(w), edge_slack(h)
+    fitted, clipped = [], 0
+    for box in np.asarray(boxes, dtype=np.int64).reshape(-1, 4).tolist():
+        x0, y0, x1, y1 = box
         if x1 <= x0 or y1 <= y0:
-            raise InvalidBox(f"box {[x0, y0, x1, y1]} is {'inverted' if x1 < x0 or y1 < y0 else 'empty'}")
-        sx, sy = edge_slack(w), edge_slack(h)
-        if x0 < -sx or y0 < -sy or x1 > w - 1 + sx or y1 > h - 1 + sy:
-            raise InvalidBox(f"box {[x0, y0, x1, y1]} lies outside the {w}x{h} image")
-    clipped = boxes.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w - 1)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, h - 1)
-    for box, fit in zip(boxes.tolist(), clipped.tolist()):
-        if fit[2] <= fit[0] or fit[3] <= fit[1]:  # within the slack, but wholly beyond an edge
+            raise InvalidBox(f"box {box} is {'inverted' if x1 < x0 or y1 < y0 else 'empty'}")
+        fit = [min(max(x0, 0), w - 1), min(max(y0, 0), h - 1), min(max(x1, 0), w - 1), min(max(y1, 0), h - 1)]
+        # past an edge by more than the slack, or within it but wholly beyond the edge
+        if x0 < -sx or y0 < -sy or x1 > w - 1 + sx or y1 > h - 1 + sy or fit[2] <= fit[0] or fit[3] <= fit[1]:
             raise InvalidBox(f"box {box} lies outside the {w}x{h} image")
-    return clipped, int((clipped != boxes).any(axis=1).sum())
+        fitted.append(fit)
+        clipped += int(fit != box)
+    return np.array(fitted, dtype=np.int64).reshape(-1, 4), clipped

@@ -23,6 +23,11 @@ def reject(sample_id: str, path: str, reason: str, split: str = "") -> dict:
     return {"split": split, **rec} if split else rec
 
 
+def annotation_reject(sample_id: str, path: str, problem: str, split: str = "") -> dict:
+    """The report line of a sample its reader flagged (``Sample.problem``): reason ``"bad annotation: ..."``."""
+    return reject(sample_id, path, f"bad annotation: {problem}", split)
+
+
 def check_share(rejects: list[dict], total: int, max_share: float, where: str) -> None:
     """Raise :class:`TooManyRejects` when ``len(rejects) / total`` exceeds ``max_share``.
 

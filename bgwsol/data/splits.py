@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from bgwsol.data.records import DatasetFormatError, InvalidBox, Sample, fit_boxes
-from bgwsol.data.rejects import DEFAULT_MAX_SHARE, check_share, reject
+from bgwsol.data.rejects import DEFAULT_MAX_SHARE, annotation_reject, check_share, reject
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,10 @@ def with_sizes(samples: list[Sample], split: str = "") -> Checked:
 
     out, rejects, clipped = [], [], 0
     for s in samples:
+        if s.problem:
+            rejects.append(annotation_reject(s.image_id, str(s.path), s.problem, split))
+            continue
         try:
-            if s.problem:
-                raise InvalidBox(f"bad annotation: {s.problem}")
             with Image.open(image_file(s.path)) as im:
                 size = im.size
             boxes, n = fit_boxes(s.boxes, size)
@@ -62,8 +63,7 @@ def with_sizes(samples: list[Sample], split: str = "") -> Checked:
             rejects.append(reject(s.image_id, str(s.path), f"cannot read image header: {exc}", split))
             continue
         except InvalidBox as exc:
-            reason = str(exc) if s.problem else f"bad box: {exc}"
-            rejects.append(reject(s.image_id, str(s.path), reason, split))
+            rejects.append(reject(s.image_id, str(s.path), f"bad box: {exc}", split))
             continue
         clipped += n
         out.append(dataclasses.replace(s, size=size, boxes=boxes))
@@ -125,7 +125,7 @@ def load_splits(dataset: str, root: str | Path, background: str | Path | None, v
 
     train, test, classes, _names = read_dataset(dataset, root)
     total = len(train) + len(test)
-    rejects = [reject(s.image_id, str(s.path), f"bad annotation: {s.problem}", "train") for s in train if s.problem]
+    rejects = [annotation_reject(s.image_id, str(s.path), s.problem, "train") for s in train if s.problem]
     train = [s for s in train if not s.problem]
     train, val = hold_out(train, val_fraction)
     if not val:
