@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgwsol.data.etl import ShardConfig, SplitListing, listing_rows, write_shard_set, write_tar
-from bgwsol.data.imageproc import process_image
-from bgwsol.data.records import Sample
+from bgwsol.data.shards.etl import ShardConfig, SplitListing, listing_rows, write_shard_set, write_tar
+from bgwsol.data.shards.imageproc import process_image
+from bgwsol.data.sources.records import Sample
 
 
 def photo_like(rng: np.random.Generator, w: int, h: int) -> Image.Image:

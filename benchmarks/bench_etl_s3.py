@@ -27,8 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench_etl import make_images
-from bgwsol.data.etl import ShardConfig, SplitListing, listing_rows, write_shard_set
-from bgwsol.data.source_tree import read_source
+from bgwsol.data.shards.etl import ShardConfig, SplitListing, listing_rows, write_shard_set
+from bgwsol.data.sources.source_tree import read_source
 
 
 def start_moto() -> str:
@@ -37,7 +37,7 @@ def start_moto() -> str:
 
     from moto.server import ThreadedMotoServer
 
-    from bgwsol.mlflow_server import free_port
+    from bgwsol.tracking.local_server import free_port
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = free_port()
@@ -52,7 +52,7 @@ def delaying_relay(upstream_port: int, latency_s: float) -> int:
     import socket
     import threading
 
-    from bgwsol.mlflow_server import free_port
+    from bgwsol.tracking.local_server import free_port
 
     def pipe(src, dst, delay: float) -> None:
         try:

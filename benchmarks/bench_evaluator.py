@@ -17,8 +17,8 @@ import time
 import cv2
 import numpy as np
 
-from bgwsol.localize import best_iou_per_threshold, best_iou_per_threshold_reference
-from bgwsol.metrics import cam_thresholds
+from bgwsol.evaluation.scoremaps import best_iou_per_threshold, best_iou_per_threshold_reference
+from bgwsol.evaluation.metrics import cam_thresholds
 
 
 def cam_like_maps(n: int, size: int = 224, low: int = 14, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:

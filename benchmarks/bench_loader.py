@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from bench_etl import make_images, plain_loop
-from bgwsol.data.etl import ShardConfig
+from bgwsol.data.shards.etl import ShardConfig
 from bgwsol.data.loader import TrainStream
 
 

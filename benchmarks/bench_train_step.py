@@ -2,7 +2,7 @@
 
 Both read the same local shard set through ``TrainStream`` and run the same method's losses
 and SGD step: the plain loop in this process, then a 1-worker Ray Train V2 ``TorchTrainer``
-(``bgwsol.ray_train.fit``) whose workers time their own training loop each epoch
+(``bgwsol.training.distributed.fit``) whose workers time their own training loop each epoch
 (``images_per_s``, evaluation excluded). Printed: images/s of each and the ratio. The shard
 set is the synthetic ILSVRC (``flows/shard_ilsvrc.py`` writes it; this script does if missing).
 
@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader
 
 from bgwsol.config import RunConfig, replace
 from bgwsol.data.loader import TrainStream, normalize
-from bgwsol.data.shardset import ShardSet
+from bgwsol.data.shards.shardset import ShardSet
 from bgwsol.methods import build_method
-from bgwsol.ray_train import CHECKPOINT_FILE, ClusterConfig, fit
-from bgwsol.train import build_model, make_optimizer
+from bgwsol.training.distributed import CHECKPOINT_FILE, ClusterConfig, fit
+from bgwsol.training.engine import build_model, make_optimizer
 
 
 def plain_loop(cfg: RunConfig, epochs: int) -> float:
@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads in both (the worker reserves as many CPUs)")
     args = p.parse_args()
     if not os.path.exists(os.path.join(args.shards, "manifest.json")):
-        from bgwsol.data.shard_jobs import BackgroundShardJob, DatasetShardJob, run_background_job, run_dataset_job
+        from bgwsol.data.shards.jobs import BackgroundShardJob, DatasetShardJob, run_background_job, run_dataset_job
 
         run_dataset_job(DatasetShardJob(output=args.shards))
         run_background_job(BackgroundShardJob(output=args.background))

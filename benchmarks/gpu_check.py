@@ -77,9 +77,9 @@ def fake_batch(batch: int, size: int, num_classes: int, device: torch.device, bg
 
 
 def train_step_fn(model, method, optimizer, dtype: torch.dtype | None, device: torch.device) -> Callable:
-    """The training step as the product runs it (``bgwsol.train.compute_losses``: forward under
+    """The training step as the product runs it (``bgwsol.training.engine.compute_losses``: forward under
     autocast, losses in fp32), plus backward and SGD."""
-    from bgwsol.train import compute_losses
+    from bgwsol.training.engine import compute_losses
 
     def step(images, labels):
         terms = compute_losses(model, method, images, labels, 1, dtype)
@@ -159,7 +159,7 @@ def section_train_step(args, device: torch.device) -> None:
 def section_eval(args, device: torch.device) -> None:
     try:
         from bgwsol.config import EvalConfig
-        from bgwsol.evaluate import new_evaluation, upsample_maps
+        from bgwsol.evaluation.evaluator import new_evaluation, upsample_maps
     except ImportError as exc:
         emit({"figure": "eval", "skipped": f"{exc}"})
         return
@@ -194,7 +194,7 @@ def section_loader(args) -> None:
     try:
         from torch.utils.data import DataLoader
 
-        from bgwsol.data.etl import write_tar
+        from bgwsol.data.shards.etl import write_tar
         from bgwsol.data.loader import TrainStream
     except ImportError as exc:
         emit({"figure": "loader", "skipped": f"{exc} (carry webdataset and pyarrow wheels to measure the loader)"})

@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 
 from bgwsol.config import RunConfig, add_config_args, config_from_args, replace
-from bgwsol.data.synthetic import SyntheticConfig, generate
-from bgwsol.tracking import TrackingConfig
+from bgwsol.data.sources.synthetic import SyntheticConfig, generate
+from bgwsol.tracking.runs import TrackingConfig
 
 DEFAULTS = RunConfig(output_dir="outputs/compare_methods")
 METHODS = ["cam", "eigencam", "bas", "bgwsol"]
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     cfg = config_from_args(RunConfig, args, DEFAULTS)
-    from bgwsol.preflight import methods_problems, report, run_config_problems
+    from bgwsol.workflows.preflight import methods_problems, report, run_config_problems
 
     problems = run_config_problems(cfg) + methods_problems(args.methods, cfg)
     if not args.seeds:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         synthetic = (args.synthetic_dir, syn)
         cfg = replace(cfg, **{"data.root": str(paths.ilsvrc), "data.background": str(paths.background)})
         logging.info("synthetic ILSVRC at %s, background set at %s", paths.ilsvrc, paths.background)
-    from bgwsol.compare import compare, outputs_text  # after logging is configured; pulls in torch
+    from bgwsol.workflows.compare import compare, outputs_text  # after logging is configured; pulls in torch
 
     tracking = TrackingConfig(tracking_uri=args.tracking_uri, experiment=args.experiment)
     t0 = time.time()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from bgwsol.data.shard_jobs import BackgroundShardJob, flow_main, run_background_job
+from bgwsol.data.shards.jobs import BackgroundShardJob, flow_main, run_background_job
 
 DEFAULTS = BackgroundShardJob()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from bgwsol.data.shard_jobs import DatasetShardJob, flow_main, run_dataset_job
+from bgwsol.data.shards.jobs import DatasetShardJob, flow_main, run_dataset_job
 
 DEFAULTS = DatasetShardJob(dataset="cub", output="data/shards/cub")
 

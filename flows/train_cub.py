@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 
 from bgwsol.config import replace
-from bgwsol.pipeline import PipelineConfig, flow_main
+from bgwsol.workflows.main_job import PipelineConfig, flow_main
 
 # sized for the embedded synthetic CUB (8 classes x 20 train images); not applied with --source
 DEMO = {"run.train.epochs": 10, "run.eval.cam_curve_interval": 0.01, "search.num_samples": 2,

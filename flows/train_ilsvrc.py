@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from bgwsol.pipeline import PipelineConfig, flow_main
+from bgwsol.workflows.main_job import PipelineConfig, flow_main
 
 # sized for the embedded synthetic ILSVRC on 2 CPU cores (under 15 minutes); not applied with --source
 DEMO = {"run.train.epochs": 5, "run.eval.cam_curve_interval": 0.01, "search.num_samples": 2,

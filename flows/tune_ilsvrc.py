@@ -18,9 +18,9 @@ import sys
 from dataclasses import dataclass, field
 
 from bgwsol.config import RunConfig, add_config_args, config_from_args, option
-from bgwsol.ray_train import ClusterConfig
-from bgwsol.tracking import TrackingConfig
-from bgwsol.tune import SearchConfig
+from bgwsol.training.distributed import ClusterConfig
+from bgwsol.tracking.runs import TrackingConfig
+from bgwsol.training.tune import SearchConfig
 
 
 @dataclass
@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     job = config_from_args(TuneJob, parser.parse_args(argv), TuneJob())
     if not job.run.data.shards:
         parser.error("--run.data.shards is required (shard a dataset with flows/shard_ilsvrc.py)")
-    from bgwsol.data.shard_jobs import RayConfig, init_ray
-    from bgwsol.ray_train import best_checkpoint
-    from bgwsol.registry import log_and_register
-    from bgwsol.tracking import resolve_uri
-    from bgwsol.tune import run_search
+    from bgwsol.ray_init import RayConfig, init_ray
+    from bgwsol.training.distributed import best_checkpoint
+    from bgwsol.tracking.model_registry import log_and_register
+    from bgwsol.tracking.runs import resolve_uri
+    from bgwsol.training.tune import run_search
 
     init_ray(RayConfig())
     outcome = run_search(job.run, job.cluster, job.tracking, job.search, name="tune-bgwsol")

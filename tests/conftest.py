@@ -7,7 +7,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-from bgwsol.mlflow_server import free_port  # noqa: E402,F401  (tests import it from here)
+from bgwsol.tracking.local_server import free_port  # noqa: E402,F401  (tests import it from here)
 
 
 def upload_tree(folder, url: str) -> None:
@@ -23,7 +23,7 @@ def upload_tree(folder, url: str) -> None:
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory):
     """A small synthetic ILSVRC + CUB + background set (3 classes)."""
-    from bgwsol.data.synthetic import SyntheticConfig, generate
+    from bgwsol.data.sources.synthetic import SyntheticConfig, generate
 
     cfg = SyntheticConfig(seed=3, num_classes=3, train_per_class=14, test_per_class=4, num_background=12,
                           cub_train_per_class=3, cub_test_per_class=2, min_side=64, max_side=80)
@@ -86,7 +86,7 @@ def ray_local(s3_endpoint):
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server (sqlite store, proxied local artifact store) on 127.0.0.1."""
-    from bgwsol.mlflow_server import start
+    from bgwsol.tracking.local_server import start
 
     with start(tmp_path_factory.mktemp("mlflow")) as server:
         yield server.url
@@ -111,7 +111,7 @@ def pipeline_run(tiny_synthetic, ray_local, tmp_path_factory):
     as the tuned model: skipped to save a Ray Train start.
     """
     from bgwsol.config import replace
-    from bgwsol.pipeline import PipelineConfig, run_pipeline
+    from bgwsol.workflows.main_job import PipelineConfig, run_pipeline
 
     paths, _ = tiny_synthetic
     work = tmp_path_factory.mktemp("pipeline")

@@ -6,7 +6,7 @@ import torch
 from bgwsol.config import MethodConfig, RunConfig, replace
 from bgwsol.methods import build_method
 from bgwsol.models import BASNet, WSOLNet, build_backbone
-from bgwsol.train import build_model
+from bgwsol.training.engine import build_model
 
 
 def hand_made(fg: torch.Tensor, k: int = 2, y: int = 0, tail=lambda m: m):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bgwsol.boxes import as_boxes, iou_matrix, resize_boxes
+from bgwsol.evaluation.boxes import as_boxes, iou_matrix, resize_boxes
 
 
 def test_iou_plus_one_pixel_convention():

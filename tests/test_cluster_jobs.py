@@ -185,7 +185,7 @@ def test_readme_jobs_run_on_two_nodes_and_survive_a_lost_node(cluster, tiny_synt
                        "--output", f"s3://{bucket}/shards/ilsvrc", "--etl.val_fraction", "0.3", *etl)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in (done.stdout + done.stderr).lower()
-    from bgwsol.data.shardset import ShardSet
+    from bgwsol.data.shards.shardset import ShardSet
 
     assert ShardSet.open(f"s3://{bucket}/shards/ilsvrc").count("train") > 0
 
@@ -230,7 +230,7 @@ def test_readme_jobs_run_on_two_nodes_and_survive_a_lost_node(cluster, tiny_synt
     import torch
 
     from bgwsol.data.storage import Location
-    from bgwsol.ray_train import CHECKPOINT_FILE
+    from bgwsol.training.distributed import CHECKPOINT_FILE
 
     latest = _checkpoints(bucket, "runs/")[-1]
     state = torch.load(__import__("io").BytesIO(Location.parse(f"s3://{bucket}/{latest}/{CHECKPOINT_FILE}")

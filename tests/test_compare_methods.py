@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from bgwsol.compare import Comparison, compare, plan_runs
+from bgwsol.workflows.compare import Comparison, compare, plan_runs
 from bgwsol.config import RunConfig, replace
-from bgwsol.train import RunResult
+from bgwsol.training.engine import RunResult
 
 FLOW = Path(__file__).resolve().parents[1] / "flows" / "compare_methods.py"
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgwsol.data.crawl import CrawlConfig, crawl, read_url_list
-from bgwsol.data.records import DatasetFormatError
+from bgwsol.data.sources.crawl import CrawlConfig, crawl, read_url_list
+from bgwsol.data.sources.records import DatasetFormatError
 
 
 def _jpeg(seed: int) -> bytes:

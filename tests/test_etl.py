@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgwsol.data.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, sample_key, write_shard_set
-from bgwsol.data.imageproc import scale_boxes
-from bgwsol.data.rejects import TooManyRejects
-from bgwsol.data.background import read_background_folder
-from bgwsol.data.shardset import ShardSet, ShardSetError
+from bgwsol.data.shards.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, sample_key, write_shard_set
+from bgwsol.data.shards.imageproc import scale_boxes
+from bgwsol.data.sources.rejects import TooManyRejects
+from bgwsol.data.sources.background import read_background_folder
+from bgwsol.data.shards.shardset import ShardSet, ShardSetError
 from bgwsol.data.storage import Location
 from conftest import upload_tree
 
@@ -217,8 +217,8 @@ def test_a_background_folder_in_a_bucket(tiny_synthetic, bucket):
 
 
 def test_a_bucket_source_that_is_not_a_dataset_is_named(tiny_synthetic, bucket):
-    from bgwsol.data.records import DatasetFormatError
-    from bgwsol.data.splits import read_dataset
+    from bgwsol.data.sources.records import DatasetFormatError
+    from bgwsol.data.sources.splits import read_dataset
 
     paths, _ = tiny_synthetic
     with pytest.raises(DatasetFormatError, match=rf"dataset root 's3://{bucket}/nothing-here' does not exist"):
@@ -234,7 +234,7 @@ def test_read_ahead_keeps_order_bounds_reads_in_flight_and_reports_failures_at_t
     import threading
     import time
 
-    from bgwsol.data import etl
+    from bgwsol.data.shards import etl
 
     rows = []
     for i in range(40):
@@ -273,7 +273,7 @@ def test_the_main_job_reuses_committed_shards_without_listing_the_source(tiny_sy
     again; a scheduling-only change (read_ahead) still reuses; an output change re-shards."""
     from dataclasses import replace
 
-    from bgwsol.pipeline import _shard_or_reuse
+    from bgwsol.workflows.main_job import _shard_or_reuse
 
     paths, _ = tiny_synthetic
     source, url = str(paths.cub), str(tmp_path / "cub")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bgwsol.eval_cli import main
+from bgwsol.evaluation.cli import main
 
 
 def write_case(root: Path, maps: dict[str, np.ndarray]) -> tuple[Path, Path]:

@@ -32,7 +32,7 @@ def test_losses_are_computed_in_fp32_outside_autocast():
     from bgwsol.config import MethodConfig, ModelConfig
     from bgwsol.methods import build_method
     from bgwsol.models import build_backbone
-    from bgwsol.train import compute_losses
+    from bgwsol.training.engine import compute_losses
 
     torch.manual_seed(0)
     method = build_method(MethodConfig(name="bgwsol", mask_warmup_epochs=0))

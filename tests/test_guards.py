@@ -9,8 +9,8 @@ import yaml
 
 from bgwsol.config import RunConfig, replace
 from bgwsol.data.storage import Location
-from bgwsol.ray_train import IncompatibleRun, RUN_FILE, claim_run, identity_tag
-from bgwsol.tracking import TrackingConfig, TrackingUnavailable, check_tracking, redact_url
+from bgwsol.training.distributed import IncompatibleRun, RUN_FILE, claim_run, identity_tag
+from bgwsol.tracking.runs import TrackingConfig, TrackingUnavailable, check_tracking, redact_url
 from conftest import free_port
 
 
@@ -64,7 +64,7 @@ def test_identity_tag_follows_the_training_not_its_length():
 
 
 def test_the_written_pipeline_config_holds_no_password(tmp_path):
-    from bgwsol.pipeline import PipelineConfig, save_config
+    from bgwsol.workflows.main_job import PipelineConfig, save_config
 
     cfg = replace(PipelineConfig(), **{"output_dir": str(tmp_path),
                                        "tracking.tracking_uri": "https://ops:pa55w0rd@mlflow.internal"})
@@ -74,7 +74,7 @@ def test_the_written_pipeline_config_holds_no_password(tmp_path):
 
 
 def test_git_state_outside_a_checkout_comes_from_the_job_environment(tmp_path, monkeypatch):
-    from bgwsol.tracking import git_state
+    from bgwsol.tracking.runs import git_state
 
     monkeypatch.delenv("BGWSOL_GIT_SHA", raising=False)
     monkeypatch.delenv("BGWSOL_GIT_DIRTY", raising=False)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from bgwsol.data.etl import write_tar
+from bgwsol.data.shards.etl import write_tar
 from bgwsol.data.loader import CropFlip, EvalStream, TrainStream, collate_eval, normalize
 from bgwsol.data.storage import Location
 

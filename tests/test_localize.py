@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bgwsol.localize import (ScoremapError, best_iou_per_threshold, best_iou_per_threshold_reference,
+from bgwsol.evaluation.scoremaps import (ScoremapError, best_iou_per_threshold, best_iou_per_threshold_reference,
                              boxes_at_threshold, check_scoremap, contour_boxes, traced_boxes)
 
 

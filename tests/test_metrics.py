@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bgwsol.metrics import BoxAccumulator, ClassificationAccumulator, PxAPAccumulator, cam_thresholds
+from bgwsol.evaluation.metrics import BoxAccumulator, ClassificationAccumulator, PxAPAccumulator, cam_thresholds
 
 
 def square_map(size, box):

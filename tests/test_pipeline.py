@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bgwsol.config import replace
-from bgwsol.pipeline import PipelineConfig, prepare_shards, report
+from bgwsol.workflows.main_job import PipelineConfig, prepare_shards, report
 from conftest import TINY_PIPELINE as TINY
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -54,7 +54,7 @@ def test_cub_shards_are_written_then_reused(tiny_synthetic, ray_local, tmp_path,
 def test_the_demo_sizing_applies_only_to_the_embedded_dataset():
     import importlib.util
 
-    from bgwsol.pipeline import parse_flow_args
+    from bgwsol.workflows.main_job import parse_flow_args
 
     spec = importlib.util.spec_from_file_location("train_ilsvrc", Path(__file__).parents[1] / "flows/train_ilsvrc.py")
     flow = importlib.util.module_from_spec(spec)

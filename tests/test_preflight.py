@@ -5,7 +5,7 @@ import importlib.util
 from pathlib import Path
 
 from bgwsol.config import RunConfig, replace
-from bgwsol.preflight import run_config_problems
+from bgwsol.workflows.preflight import run_config_problems
 
 
 def _flow(name: str):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bgwsol.config import RunConfig, replace
-from bgwsol.data.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
-from bgwsol.data.background import read_background_folder
-from bgwsol.ray_train import CHECKPOINT_FILE, ClusterConfig, fit
+from bgwsol.data.shards.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
+from bgwsol.data.sources.background import read_background_folder
+from bgwsol.training.distributed import CHECKPOINT_FILE, ClusterConfig, fit
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -46,7 +46,7 @@ def load_state(result) -> dict:
 def tracked_run(shard_sets, tmp_path_factory, mlflow_server):
     """One 2-worker bgwsol run, tracked in the test MLflow server (shared by the tests below: a
     Ray Train start costs tens of seconds on 2 cores)."""
-    from bgwsol.tracking import TrackingConfig
+    from bgwsol.tracking.runs import TrackingConfig
 
     tracking = TrackingConfig(tracking_uri=mlflow_server, experiment="test-ray-train")
     cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path_factory.mktemp("runs")), run_name="tracked")
@@ -63,7 +63,7 @@ def test_two_workers_train_evaluate_and_checkpoint(shard_sets, tracked_run):
     assert state["epoch"] == 1 and len(state["history"]) == 2 and state["config"]["method"]["name"] == "bgwsol"
     assert {"model", "optimizer", "scheduler", "rng", "manifest"} <= set(state)
     # validation was evaluated across both ranks: every val sample counted once
-    from bgwsol.data.shardset import ShardSet
+    from bgwsol.data.shards.shardset import ShardSet
 
     assert m["val_num_images"] == ShardSet.open(shard_sets[0]).count("val")
 
@@ -79,9 +79,9 @@ def test_rerun_with_the_same_name_continues(shard_sets, tmp_path):
 
 
 def test_a_rerun_with_another_config_is_refused_before_any_worker_starts(shard_sets, tmp_path):
-    from bgwsol.data.shardset import ShardSet
+    from bgwsol.data.shards.shardset import ShardSet
     from bgwsol.data.storage import Location
-    from bgwsol.ray_train import IncompatibleRun, claim_run
+    from bgwsol.training.distributed import IncompatibleRun, claim_run
 
     cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="taken")
     claim_run(Location.parse(tmp_path / "runs" / "taken"), tiny_config(shard_sets, "cam"),
@@ -96,7 +96,7 @@ def test_a_rerun_with_another_config_is_refused_before_any_worker_starts(shard_s
 def test_a_dead_mlflow_server_stops_the_run_before_training(shard_sets, tmp_path):
     from conftest import free_port
 
-    from bgwsol.tracking import TrackingConfig, TrackingUnavailable
+    from bgwsol.tracking.runs import TrackingConfig, TrackingUnavailable
 
     cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="untracked")
     with pytest.raises(TrackingUnavailable, match="unreachable.*nothing was trained"):
@@ -107,7 +107,7 @@ def test_a_dead_mlflow_server_stops_the_run_before_training(shard_sets, tmp_path
 def test_damaged_shards_are_left_out_counted_and_reported(shard_sets, tmp_path):
     import shutil
 
-    from bgwsol.data.shardset import ShardSet
+    from bgwsol.data.shards.shardset import ShardSet
 
     root = tmp_path / "damaged"
     shutil.copytree(shard_sets[0], root)
@@ -155,9 +155,9 @@ def test_registry_alias_moves_only_on_improvement_and_localize_uses_it(tracked_r
                                                                        tiny_synthetic, capsys):
     from mlflow import MlflowClient
 
-    from bgwsol.cli import main as cli_main
-    from bgwsol.ray_train import best_checkpoint
-    from bgwsol.registry import log_and_register
+    from bgwsol.serving.cli import main as cli_main
+    from bgwsol.training.distributed import best_checkpoint
+    from bgwsol.tracking.model_registry import log_and_register
 
     state, metrics = best_checkpoint(tracked_run)
     kw = dict(tracking_uri=mlflow_server, run_id=state["mlflow_run_id"], name="bgwsol-test", tau=metrics["val_tau50"])
@@ -186,8 +186,8 @@ def test_registry_alias_moves_only_on_improvement_and_localize_uses_it(tracked_r
 def test_tune_runs_three_trials_and_asha_stops_the_weak_one(shard_sets, tmp_path, mlflow_server, monkeypatch):
     from mlflow import MlflowClient
 
-    from bgwsol.tracking import TrackingConfig
-    from bgwsol.tune import SearchConfig, run_search
+    from bgwsol.tracking.runs import TrackingConfig
+    from bgwsol.training.tune import SearchConfig, run_search
 
     base = tiny_config(shard_sets, "bgwsol", epochs=2)
     monkeypatch.chdir(tmp_path)  # a relative storage path must mean the same folder inside the trials
@@ -207,7 +207,7 @@ def test_tune_runs_three_trials_and_asha_stops_the_weak_one(shard_sets, tmp_path
     assert epochs_by_lr == {0.05: 2, 0.08: 2, 1e-7: 1}  # ASHA stopped the third at the first rung
     assert outcome.num_stopped_early == 1
     assert outcome.best_params["lr"] == 0.08
-    from bgwsol.ray_train import best_checkpoint
+    from bgwsol.training.distributed import best_checkpoint
 
     state, metrics = best_checkpoint(outcome.best_run())  # the best trial's own Ray Train run, on storage
     assert state["config"]["train"]["lr"] == 0.08 and "val_tau50" in metrics

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgwsol.data.background import read_background_folder
-from bgwsol.data.cub import read_cub
-from bgwsol.data.ilsvrc import read_ilsvrc
-from bgwsol.data.records import DatasetFormatError
-from bgwsol.data.splits import hold_out, load_splits, with_sizes
-from bgwsol.data.wsol_metadata import read_wsol_metadata, write_wsol_metadata
+from bgwsol.data.sources.background import read_background_folder
+from bgwsol.data.sources.cub import read_cub
+from bgwsol.data.sources.ilsvrc import read_ilsvrc
+from bgwsol.data.sources.records import DatasetFormatError
+from bgwsol.data.sources.splits import hold_out, load_splits, with_sizes
+from bgwsol.data.sources.wsol_metadata import read_wsol_metadata, write_wsol_metadata
 
 
 def test_ilsvrc_counts_labels_and_boxes(tiny_synthetic):
@@ -185,7 +185,7 @@ def test_hold_out_only_takes_boxed_images(tiny_synthetic):
 
 
 def test_synthetic_is_deterministic_and_masks_match_boxes(tiny_synthetic, tmp_path):
-    from bgwsol.data.synthetic import generate
+    from bgwsol.data.sources.synthetic import generate
 
     paths, cfg = tiny_synthetic
     again = generate(tmp_path / "again", cfg, show_progress=False)

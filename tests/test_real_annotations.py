@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgwsol.data.cub import read_cub
-from bgwsol.data.etl import ShardConfig, dataset_listings, write_shard_set
-from bgwsol.data.records import InvalidBox, fit_boxes
-from bgwsol.data.rejects import TooManyRejects
-from bgwsol.data.splits import load_splits
+from bgwsol.data.sources.cub import read_cub
+from bgwsol.data.shards.etl import ShardConfig, dataset_listings, write_shard_set
+from bgwsol.data.sources.records import InvalidBox, fit_boxes
+from bgwsol.data.sources.rejects import TooManyRejects
+from bgwsol.data.sources.splits import load_splits
 
 
 def test_fit_boxes_clips_edge_boxes_and_counts_them():

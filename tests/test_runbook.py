@@ -147,7 +147,7 @@ def test_every_runbook_flow_command_parses(flows):
 
 
 def test_localize_command_parses(commands):
-    from bgwsol.cli import build_parser
+    from bgwsol.serving.cli import build_parser
 
     calls = [w for w in commands if w[0].endswith("bgwsol")]
     assert calls
@@ -163,7 +163,7 @@ def test_training_reuses_the_shards_the_etl_jobs_write(flows):
     # the main job looks for <shards_dir>/<dataset> and <shards_dir>/background, made from the same sources ...
     assert f"{train.shards_dir}/{train.dataset}" == data.output and f"{train.shards_dir}/background" == bg.output
     assert (train.source, train.background) == (data.source, bg.source)
-    # ... with the same ETL settings, or it shards the whole dataset again (bgwsol.pipeline.prepare_shards)
+    # ... with the same ETL settings, or it shards the whole dataset again (bgwsol.workflows.main_job.prepare_shards)
     etl = to_dict(replace(train.etl, val_fraction=train.run.data.val_fraction))
     assert etl == to_dict(data.etl) == to_dict(bg.etl)
     assert (tune.run.data.shards, tune.run.data.background_shards) == (data.output, bg.output)

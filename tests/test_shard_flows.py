@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bgwsol.data.shardset import ShardSet
+from bgwsol.data.shards.shardset import ShardSet
 from conftest import upload_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3]

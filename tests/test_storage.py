@@ -128,7 +128,7 @@ def test_source_tree_lists_past_one_page_and_matches_a_folder(bucket, tmp_path):
     files below the prefix (not a sibling sharing its first letters), and equals the folder's."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from bgwsol.data.source_tree import SourceTree
+    from bgwsol.data.sources.source_tree import SourceTree
     from bgwsol.data.storage import boto3_client
 
     names = [f"d{i % 7}/sub/{i:05d}.jpg" for i in range(1050)] + ["top.txt"]

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from bgwsol.config import RunConfig, replace
-from bgwsol.data.splits import load_splits
-from bgwsol.train import train_and_evaluate
+from bgwsol.data.sources.splits import load_splits
+from bgwsol.training.engine import train_and_evaluate
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """The search space maps onto config fields both ways."""
 
 from bgwsol.config import RunConfig, replace
-from bgwsol.tune import PARAMS, SearchConfig, param_space, params_of, trial_config
+from bgwsol.training.tune import PARAMS, SearchConfig, param_space, params_of, trial_config
 
 
 def test_trial_config_sets_exactly_the_searched_fields():

@@ -29,8 +29,8 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from bgwsol.data.dataset import IMAGENET_MEAN, IMAGENET_STD
-from bgwsol.data.imageproc import to_rgb
+from bgwsol.data.images import IMAGENET_MEAN, IMAGENET_STD
+from bgwsol.data.shards.imageproc import to_rgb
 from bgwsol.data.storage import register_webdataset_opener
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """WSOL methods: each turns network outputs into a dict of loss terms and a score map."""
 
-from bgwsol.methods.registry import METHODS, Method, build_method
+from bgwsol.methods.base import METHODS, Method, build_method
 
 # importing the modules registers them
 from bgwsol.methods import cam as _cam  # noqa: F401

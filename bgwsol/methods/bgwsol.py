@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bgwsol.methods.registry import Method, class_maps, minmax, register
+from bgwsol.methods.base import Method, class_maps, minmax, register
 
 
 def _bce_logits_const(logits: torch.Tensor, target: float) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bgwsol.methods.registry import Method, class_maps, minmax, register
+from bgwsol.methods.base import Method, class_maps, minmax, register
 
 
 @register("cam")

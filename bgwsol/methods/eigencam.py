@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from bgwsol.methods.cam import CAM
-from bgwsol.methods.registry import minmax, register
+from bgwsol.methods.base import minmax, register
 
 
 @torch.no_grad()

@@ -175,7 +175,7 @@ class Renormalize(nn.Module):
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
-        from bgwsol.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+        from bgwsol.data.images import IMAGENET_MEAN, IMAGENET_STD
 
         src_mean, src_std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         scale = src_std / torch.tensor(std)

@@ -99,7 +99,7 @@ def read_state_dict(spec: str) -> OrderedDict[str, torch.Tensor]:
     if name is not None:
         return PACKAGES[name][1]()
     if spec.startswith("s3://"):
-        from bgwsol.data.source_tree import read_source
+        from bgwsol.data.sources.source_tree import read_source
 
         state = torch.load(io.BytesIO(read_source(spec)), map_location="cpu", weights_only=True)
     else:

@@ -2,7 +2,7 @@
 
 The logged model is our own module, not an exported graph: the pyfunc holds the checkpoint
 (state dict + resolved config + classes + operating threshold) as an artifact and rebuilds
-:class:`~bgwsol.inference.Localizer` from it. ``predict`` takes a DataFrame with an ``image``
+:class:`~bgwsol.serving.localizer.Localizer` from it. ``predict`` takes a DataFrame with an ``image``
 column (file paths or encoded bytes) and returns class, class name, score and box per image.
 """
 
@@ -26,10 +26,10 @@ def _python_model_class():
     import mlflow.pyfunc
 
     class BgwsolLocalizer(mlflow.pyfunc.PythonModel):
-        """MLflow pyfunc around :class:`bgwsol.inference.Localizer`."""
+        """MLflow pyfunc around :class:`bgwsol.serving.localizer.Localizer`."""
 
         def load_context(self, context) -> None:
-            from bgwsol.inference import Localizer
+            from bgwsol.serving.localizer import Localizer
 
             state = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=False)
             self.localizer = Localizer(state, tau=state.get("tau", 0.5), class_names=state.get("class_names"))

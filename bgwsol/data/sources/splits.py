@@ -10,8 +10,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from bgwsol.data.records import DatasetFormatError, InvalidBox, Sample, fit_boxes
-from bgwsol.data.rejects import DEFAULT_MAX_SHARE, annotation_reject, check_share, reject
+from bgwsol.data.sources.records import DatasetFormatError, InvalidBox, Sample, fit_boxes
+from bgwsol.data.sources.rejects import DEFAULT_MAX_SHARE, annotation_reject, check_share, reject
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ def with_sizes(samples: list[Sample], split: str = "") -> Checked:
     """Fill in ``size`` from each image's header and fit every box to its image.
 
     A box that reaches the edge is clipped and counted; a sample whose reader found a problem,
-    whose header cannot be read or whose box is invalid (:func:`~bgwsol.data.records.fit_boxes`)
+    whose header cannot be read or whose box is invalid (:func:`~bgwsol.data.sources.records.fit_boxes`)
     goes to the rejects report. A local file is opened and only its header parsed; an ``s3://``
     image is fetched whole.
     """
-    from bgwsol.data.source_tree import image_file
+    from bgwsol.data.sources.source_tree import image_file
 
     out, rejects, clipped = [], [], 0
     for s in samples:
@@ -90,10 +90,10 @@ def read_dataset(dataset: str, root: str | Path) -> tuple[list[Sample], list[Sam
     sample (ILSVRC wnids, CUB class folder names); ``class_names`` are for people (ILSVRC
     descriptions).
     """
-    from bgwsol.data.cub import read_cub
-    from bgwsol.data.ilsvrc import read_ilsvrc, read_synset_mapping
+    from bgwsol.data.sources.cub import read_cub
+    from bgwsol.data.sources.ilsvrc import read_ilsvrc, read_synset_mapping
 
-    from bgwsol.data.source_tree import SourceTree
+    from bgwsol.data.sources.source_tree import SourceTree
 
     if not root:
         raise DatasetFormatError("no dataset root given")
@@ -119,9 +119,9 @@ def load_splits(dataset: str, root: str | Path, background: str | Path | None, v
 
     Samples the reader flagged and, in validation and test, images whose header or box is bad
     are left out and listed in ``Splits.rejects``; above ``max_reject_share`` of all samples
-    :class:`~bgwsol.data.rejects.TooManyRejects` stops the run.
+    :class:`~bgwsol.data.sources.rejects.TooManyRejects` stops the run.
     """
-    from bgwsol.data.background import read_background_folder
+    from bgwsol.data.sources.background import read_background_folder
 
     train, test, classes, _names = read_dataset(dataset, root)
     total = len(train) + len(test)

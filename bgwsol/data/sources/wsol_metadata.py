@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bgwsol.data.records import DatasetFormatError, InvalidBox, Sample, fit_boxes
+from bgwsol.data.sources.records import DatasetFormatError, InvalidBox, Sample, fit_boxes
 
 
 @dataclass

@@ -8,7 +8,7 @@ first bad files.
 
 from __future__ import annotations
 
-from bgwsol.data.records import DatasetFormatError
+from bgwsol.data.sources.records import DatasetFormatError
 
 DEFAULT_MAX_SHARE = 0.01
 

@@ -1,7 +1,7 @@
 """Ray Tune over the loss weights, the map mix and the learning rate (Optuna search + ASHA).
 
 Train V2 style: each trial is a function that builds and fits its own ``TorchTrainer``
-(:func:`bgwsol.ray_train.fit`) with ``TuneReportCallback``, so every epoch's validation
+(:func:`bgwsol.training.distributed.fit`) with ``TuneReportCallback``, so every epoch's validation
 metrics reach Tune and ASHA can stop a weak trial early. The operating box threshold of
 each trial is chosen on validation (``val_tau50``, from the MaxBoxAcc sweep) and reported with
 it. Each trial logs a nested MLflow run under one parent run.
@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass, field
 
 from bgwsol.config import RunConfig, from_dict, option, replace, to_dict
-from bgwsol.ray_train import ClusterConfig, fit
-from bgwsol.tracking import TrackingConfig
+from bgwsol.training.distributed import ClusterConfig, fit
+from bgwsol.tracking.runs import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class TuneOutcome:
 
     def best_run(self):
         """Ray Train ``Result`` of the best trial (its checkpoints and metrics)."""
-        from bgwsol.ray_train import load_result
+        from bgwsol.training.distributed import load_result
 
         return load_result(self.storage_path, self.best_trial_run_name)
 
@@ -113,7 +113,7 @@ def run_search(base: RunConfig, cluster: ClusterConfig, tracking: TrackingConfig
     from ray.tune.search.optuna import OptunaSearch
 
     from bgwsol.data.storage import Location, check_access
-    from bgwsol.tracking import RunLogger, check_tracking
+    from bgwsol.tracking.runs import RunLogger, check_tracking
 
     check_tracking(tracking)
     # trials run with the trial folder as working directory: pin relative storage paths here

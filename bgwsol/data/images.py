@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
-from bgwsol.data.records import Sample
+from bgwsol.data.sources.records import Sample
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +40,7 @@ def load_rgb(path, min_short_side: int = 0) -> Image.Image:
     side at least that long (``Image.draft``): a 2000-pixel photo meant for a 224-pixel input
     decodes several times faster.
     """
-    from bgwsol.data.source_tree import image_file
+    from bgwsol.data.sources.source_tree import image_file
 
     with Image.open(image_file(path)) as im:
         if min_short_side and im.format == "JPEG":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bgwsol.data.records import InvalidBox, fit_boxes
+from bgwsol.data.sources.records import InvalidBox, fit_boxes
 
 Image.MAX_IMAGE_PIXELS = 200_000_000  # refuse decompression bombs above ~200 MP, well above any photo
 
@@ -114,7 +114,7 @@ def process_image(data: bytes, boxes: np.ndarray | None = None, *, max_short_sid
     """Decode ``data``, shrink it so the shorter side is at most ``max_short_side``, re-encode JPEG.
 
     ``boxes`` (inclusive corners in the original image) that reach past the edge are clipped
-    (:func:`~bgwsol.data.records.fit_boxes`); an inverted, empty or far-outside box raises
+    (:func:`~bgwsol.data.sources.records.fit_boxes`); an inverted, empty or far-outside box raises
     RejectedImage.
     ``mask`` (PNG/any image bytes, nonzero = object) is resized with nearest neighbour.
     """

@@ -43,7 +43,7 @@ def intact_shards(cfg: RunConfig, shards, uses_background: bool) -> dict:
     ``{"train", "val", "background": [url], "train_count", "damaged": {url: reason}, "lost"}``;
     raises ShardSetError when no training shard is left. ``shards``: the run's open ShardSet.
     """
-    from bgwsol.data.shardset import ShardSet, ShardSetError
+    from bgwsol.data.shards.shardset import ShardSet, ShardSetError
 
     train, train_count, damaged = shards.usable("train")
     val, val_count, bad_val = shards.usable("val")
@@ -159,11 +159,11 @@ def train_loop_per_worker(config: dict) -> None:
 
     from bgwsol.config import flatten
     from bgwsol.data.loader import EvalStream, TrainStream, collate_eval, normalize
-    from bgwsol.data.shardset import ShardSet
-    from bgwsol.evaluate import evaluate, overlay_grid
+    from bgwsol.data.shards.shardset import ShardSet
+    from bgwsol.evaluation.evaluator import evaluate, overlay_grid
     from bgwsol.methods import build_method
-    from bgwsol.tracking import RunLogger, TrackingConfig, git_state
-    from bgwsol.train import (build_model, compute_losses, cosine_with_warmup, make_optimizer, map_variants,
+    from bgwsol.tracking.runs import RunLogger, TrackingConfig, git_state
+    from bgwsol.training.engine import (build_model, compute_losses, cosine_with_warmup, make_optimizer, map_variants,
                               seed_everything)
 
     cfg = from_dict(RunConfig, config["run"])
@@ -314,10 +314,10 @@ def fit(cfg: RunConfig, cluster: ClusterConfig, tracking=None, callbacks: list |
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from bgwsol.data.shardset import ShardSet
+    from bgwsol.data.shards.shardset import ShardSet
     from bgwsol.data.storage import check_access
     from bgwsol.methods import build_method
-    from bgwsol.tracking import check_tracking
+    from bgwsol.tracking.runs import check_tracking
 
     name = cluster.run_name or default_run_name(cfg)
     loc = check_access(cluster.storage_path, writable=True)

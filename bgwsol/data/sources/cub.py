@@ -3,7 +3,7 @@
 
 Boxes become inclusive corners ``(x, y, x + w, y + h)`` truncated to int (wsolevaluation's
 CUB metadata); ``x + w`` equal to the width reaches the edge and is clipped where the image size
-is known (:func:`bgwsol.data.records.fit_boxes`). A row that cannot be one usable sample (a
+is known (:func:`bgwsol.data.sources.records.fit_boxes`). A row that cannot be one usable sample (a
 non-numeric or empty box, an image that is not there) becomes a sample with ``problem`` set,
 for the rejects report; a file that breaks the layout raises :class:`DatasetFormatError`.
 Splits: ``train`` and ``test`` from ``train_test_split.txt``.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bgwsol.data.records import DatasetFormatError, Sample
-from bgwsol.data.source_tree import SourceTree
+from bgwsol.data.sources.records import DatasetFormatError, Sample
+from bgwsol.data.sources.source_tree import SourceTree
 
 
 def _read_table(tree: SourceTree, name: str, ncols: int) -> dict[int, tuple[list[str], int]]:

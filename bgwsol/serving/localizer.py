@@ -35,7 +35,7 @@ class Localizer:
 
     def __init__(self, state: dict, tau: float = 0.5, class_names: list[str] | None = None):
         from bgwsol.methods import build_method
-        from bgwsol.train import build_model
+        from bgwsol.training.engine import build_model
 
         self.cfg = from_dict(RunConfig, state["config"])
         self.classes = list(state["classes"])
@@ -53,8 +53,8 @@ class Localizer:
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> Localization:
         from bgwsol.data.loader import normalize, pil_to_uint8
-        from bgwsol.evaluate import upsample_maps
-        from bgwsol.localize import boxes_at_threshold
+        from bgwsol.evaluation.evaluator import upsample_maps
+        from bgwsol.evaluation.scoremaps import boxes_at_threshold
 
         image = image.convert("RGB")
         w, h = image.size

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bgwsol.boxes import resize_boxes
+from bgwsol.evaluation.boxes import resize_boxes
 from bgwsol.config import EvalConfig
-from bgwsol.data.records import Sample
-from bgwsol.methods.registry import Method, minmax
-from bgwsol.metrics import BoxAccumulator, ClassificationAccumulator, PxAPAccumulator, cam_thresholds, mean_over
+from bgwsol.data.sources.records import Sample
+from bgwsol.methods.base import Method, minmax
+from bgwsol.evaluation.metrics import BoxAccumulator, ClassificationAccumulator, PxAPAccumulator, cam_thresholds, mean_over
 
 
 def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -73,7 +73,7 @@ def new_evaluation(cfg: EvalConfig, with_masks: bool) -> SplitEvaluation:
 def batch_targets(batch: dict, samples: list[Sample] | None, size: int):
     """Per image of ``batch``: ``(image_id, gt boxes at size x size, bool mask or None)``.
 
-    Batches from :class:`~bgwsol.data.dataset.SampleDataset` carry ``index`` into ``samples``;
+    Batches from :class:`~bgwsol.data.images.SampleDataset` carry ``index`` into ``samples``;
     batches from the shard :class:`~bgwsol.data.loader.EvalStream` carry ``key``, ``boxes``,
     ``size`` and ``mask`` themselves.
     """
@@ -132,8 +132,8 @@ def overlay_grid(model: torch.nn.Module, methods: dict[str, Method], batch: dict
                  device: torch.device | str = "cpu", preprocess=None, count: int = 8):
     """A picture of the first ``count`` images of an evaluation batch: one row per map variant
     in ``methods`` (heatmap, predicted boxes at ``tau`` in red, ground truth in green)."""
-    from bgwsol.localize import boxes_at_threshold
-    from bgwsol.viz import grid, overlay
+    from bgwsol.evaluation.scoremaps import boxes_at_threshold
+    from bgwsol.evaluation.viz import grid, overlay
 
     model.eval()
     images = batch["image"][:count].to(device)

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bgwsol.localize import best_iou_per_threshold, check_scoremap
+from bgwsol.evaluation.scoremaps import best_iou_per_threshold, check_scoremap
 
 DEFAULT_IOU_THRESHOLDS: tuple[int, ...] = (30, 50, 70)
 

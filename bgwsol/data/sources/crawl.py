@@ -25,8 +25,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from bgwsol.config import option
-from bgwsol.data.imageproc import RejectedImage, decode_rgb
-from bgwsol.data.records import BACKGROUND_LABEL, DatasetFormatError, Sample
+from bgwsol.data.shards.imageproc import RejectedImage, decode_rgb
+from bgwsol.data.sources.records import BACKGROUND_LABEL, DatasetFormatError, Sample
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@
 Splits: ``train`` lists ``Data/CLS-LOC/train/<wnid>/*.JPEG`` (boxes where
 ``LOC_train_solution.csv`` has them); ``test`` is ILSVRC's own validation set
 (``LOC_val_solution.csv``), as in wsolevaluation. Our held-out validation split is carved
-from the boxed train images by :func:`bgwsol.data.splits.hold_out`.
+from the boxed train images by :func:`bgwsol.data.sources.splits.hold_out`.
 
-The root is a local folder or an ``s3://`` prefix (:class:`~bgwsol.data.source_tree.SourceTree`).
+The root is a local folder or an ``s3://`` prefix (:class:`~bgwsol.data.sources.source_tree.SourceTree`).
 Malformed input raises :class:`DatasetFormatError` naming the file and line; labelled data
 is never skipped silently.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bgwsol.data.records import DatasetFormatError, Sample
-from bgwsol.data.source_tree import SourceTree
+from bgwsol.data.sources.records import DatasetFormatError, Sample
+from bgwsol.data.sources.source_tree import SourceTree
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 

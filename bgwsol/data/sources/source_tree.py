@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from bgwsol.data.records import DatasetFormatError
+from bgwsol.data.sources.records import DatasetFormatError
 from bgwsol.data.storage import Location, is_s3, storage_errors
 
 

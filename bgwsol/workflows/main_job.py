@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Literal
 
 from bgwsol.config import RunConfig, option, replace
-from bgwsol.data.etl import ShardConfig
-from bgwsol.ray_train import ClusterConfig
-from bgwsol.tracking import TrackingConfig
-from bgwsol.tune import SearchConfig
+from bgwsol.data.shards.etl import ShardConfig
+from bgwsol.training.distributed import ClusterConfig
+from bgwsol.tracking.runs import TrackingConfig
+from bgwsol.training.tune import SearchConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def _shard_or_reuse(make_listings, url: str, dataset: str, etl: ShardConfig, sou
     """The committed shard set at ``url`` if it was made from ``source`` with the same output
     settings; else shard again. ``make_listings() -> (listings, classes, class_names)`` runs only
     then, so a rerun does not list the source (ILSVRC in a bucket: ~1,300 LIST requests)."""
-    from bgwsol.data.etl import write_shard_set
-    from bgwsol.data.shardset import ShardSet, ShardSetError
+    from bgwsol.data.shards.etl import write_shard_set
+    from bgwsol.data.shards.shardset import ShardSet, ShardSetError
 
     try:
         existing = ShardSet.open(url)
@@ -77,13 +77,13 @@ def _shard_or_reuse(make_listings, url: str, dataset: str, etl: ShardConfig, sou
 
 def prepare_shards(cfg: PipelineConfig) -> tuple[str, str]:
     """Shard the dataset and the background set (or reuse them); returns their URLs."""
-    from bgwsol.data.background import read_background_folder
-    from bgwsol.data.etl import SplitListing, dataset_listings, listing_rows
+    from bgwsol.data.sources.background import read_background_folder
+    from bgwsol.data.shards.etl import SplitListing, dataset_listings, listing_rows
     from bgwsol.data.storage import Location
 
     source, background = cfg.source, cfg.background
     if not source:
-        from bgwsol.data.synthetic import SyntheticConfig, generate
+        from bgwsol.data.sources.synthetic import SyntheticConfig, generate
 
         paths = generate(Path("data/synthetic"), SyntheticConfig())
         source = str(paths.cub if cfg.dataset == "cub" else paths.ilsvrc)
@@ -105,10 +105,10 @@ def evaluate_on_split(state: dict, shards_url: str, split: str, taus: dict[int, 
 
     from bgwsol.config import from_dict
     from bgwsol.data.loader import EvalStream, collate_eval, normalize
-    from bgwsol.data.shardset import ShardSet
-    from bgwsol.evaluate import evaluate
+    from bgwsol.data.shards.shardset import ShardSet
+    from bgwsol.evaluation.evaluator import evaluate
     from bgwsol.methods import build_method
-    from bgwsol.train import build_model, map_variants
+    from bgwsol.training.engine import build_model, map_variants
 
     cfg = from_dict(RunConfig, state["config"])
     method = build_method(cfg.method)
@@ -132,13 +132,13 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step; returns ``{"table", "test", "registration", "tracking_uri", "ui_command", ...}``."""
-    from bgwsol import mlflow_server
-    from bgwsol.data.shard_jobs import RayConfig, init_ray
-    from bgwsol.data.shardset import ShardSet
-    from bgwsol.ray_train import best_checkpoint, fit, identity_tag
-    from bgwsol.registry import log_and_register
-    from bgwsol.tracking import check_tracking, resolve_uri
-    from bgwsol.tune import params_of, run_search
+    from bgwsol.tracking import local_server as mlflow_server
+    from bgwsol.ray_init import RayConfig, init_ray
+    from bgwsol.data.shards.shardset import ShardSet
+    from bgwsol.training.distributed import best_checkpoint, fit, identity_tag
+    from bgwsol.tracking.model_registry import log_and_register
+    from bgwsol.tracking.runs import check_tracking, resolve_uri
+    from bgwsol.training.tune import params_of, run_search
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def report(result: dict, seconds: float) -> str:
 def save_config(cfg: PipelineConfig) -> Path:
     """Write ``output_dir/pipeline.yaml``; a password in the tracking URI is written as ``***``."""
     from bgwsol.config import write_yaml
-    from bgwsol.tracking import redact_url
+    from bgwsol.tracking.runs import redact_url
 
     path = Path(cfg.output_dir) / "pipeline.yaml"
     write_yaml(replace(cfg, **{"tracking.tracking_uri": redact_url(cfg.tracking.tracking_uri)}), path)
@@ -276,7 +276,7 @@ def parse_flow_args(defaults: PipelineConfig, doc: str, argv: list[str] | None =
 
 def pipeline_problems(cfg: PipelineConfig) -> list[str]:
     """Everything that can be checked before the main job shards, starts a server or trains."""
-    from bgwsol.preflight import methods_problems, path_problem, run_config_problems
+    from bgwsol.workflows.preflight import methods_problems, path_problem, run_config_problems
 
     problems = run_config_problems(cfg.run, "run.")
     problems += methods_problems(["bgwsol"] + ([cfg.baseline] if cfg.baseline else []), cfg.run, "run.")
@@ -300,7 +300,7 @@ def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
     cfg = parse_flow_args(defaults, doc, argv, demo)
     problems = pipeline_problems(cfg)
     if problems:
-        from bgwsol.preflight import report as report_problems
+        from bgwsol.workflows.preflight import report as report_problems
 
         return report_problems(problems)
     save_config(cfg)

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from bgwsol.config import option
-from bgwsol.data.crawl import CrawlConfig
-from bgwsol.data.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
-from bgwsol.data.shardset import ShardSet
+from bgwsol.ray_init import RayConfig, init_ray
+from bgwsol.data.sources.crawl import CrawlConfig
+from bgwsol.data.shards.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
+from bgwsol.data.shards.shardset import ShardSet
 from bgwsol.data.storage import Location
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RayConfig:
-    address: str = option("", "Ray cluster address ('auto' on a cluster node, ray://host:10001); empty: "
-                              "RAY_ADDRESS if set, else a local Ray")
-    num_cpus: int = option(0, "CPUs of a local Ray (0: all of this machine)")
 
 
 @dataclass
@@ -50,22 +43,8 @@ class BackgroundShardJob:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-def init_ray(cfg: RayConfig) -> None:
-    """Connect to the configured cluster, or start a local Ray (no-op if already connected)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=cfg.num_cpus or None)
-    log.info("Ray: %s CPUs", ray.cluster_resources().get("CPU", 0))
-
-
 def _synthetic():
-    from bgwsol.data.synthetic import SyntheticConfig, generate
+    from bgwsol.data.sources.synthetic import SyntheticConfig, generate
 
     return generate(Path("data/synthetic"), SyntheticConfig())
 
@@ -79,9 +58,9 @@ def run_dataset_job(job: DatasetShardJob) -> ShardSet:
 
 
 def run_background_job(job: BackgroundShardJob, show_progress: bool = True) -> ShardSet:
-    from bgwsol.data.background import read_background_folder
-    from bgwsol.data.crawl import crawl, read_url_list
-    from bgwsol.data.source_tree import SourceTree
+    from bgwsol.data.sources.background import read_background_folder
+    from bgwsol.data.sources.crawl import crawl, read_url_list
+    from bgwsol.data.sources.source_tree import SourceTree
 
     source = job.source or str(_synthetic().background)
     if SourceTree(source).exists():

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from bgwsol.config import RunConfig, flatten, replace, to_dict
-from bgwsol.data.splits import Splits, load_splits
-from bgwsol.train import RunResult, train_and_evaluate
+from bgwsol.data.sources.splits import Splits, load_splits
+from bgwsol.training.engine import RunResult, train_and_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def ensure_synthetic(root: str | Path, syn) -> None:
     from writing it at once."""
     import fcntl
 
-    from bgwsol.data.synthetic import generate
+    from bgwsol.data.sources.synthetic import generate
 
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +212,7 @@ def compare(base: RunConfig, methods: list[str], seeds: list[int], *, show_progr
     generated dataset, so that each task makes it on its node if missing. Per-run files are
     written by the node that ran it (use a shared ``output_dir`` on a multi-node cluster); the
     table (``comparison.md``, ``comparison.json``) is written here. ``tracking``: a
-    :class:`~bgwsol.tracking.TrackingConfig`; with a URI (or ``MLFLOW_TRACKING_URI``) the table
+    :class:`~bgwsol.tracking.runs.TrackingConfig`; with a URI (or ``MLFLOW_TRACKING_URI``) the table
     and per-method means go to MLflow.
     """
     plan = plan_runs(methods)
@@ -233,7 +233,7 @@ def compare(base: RunConfig, methods: list[str], seeds: list[int], *, show_progr
     if ray:
         import ray as ray_mod
 
-        from bgwsol.data.shard_jobs import RayConfig, init_ray
+        from bgwsol.ray_init import RayConfig, init_ray
 
         init_ray(RayConfig(address="" if ray == "local" else ray))
         task = ray_mod.remote(num_cpus=cpus_per_run)(_ray_task)
@@ -275,7 +275,7 @@ def log_comparison(comparison: Comparison, base: RunConfig, seeds: list[int], tr
     with ``<metric>_mean`` / ``<metric>_std`` and the per-seed values (step = the seed);
     a method's extra map variants are prefixed with their name. Returns the parent's id
     (None without a tracking URI)."""
-    from bgwsol.tracking import RunLogger, git_state
+    from bgwsol.tracking.runs import RunLogger, git_state
 
     parent = RunLogger(tracking, "compare-methods")
     if not parent.enabled:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bgwsol.data.records import BACKGROUND_LABEL, DatasetFormatError, Sample
-from bgwsol.data.source_tree import SourceTree
+from bgwsol.data.sources.records import BACKGROUND_LABEL, DatasetFormatError, Sample
+from bgwsol.data.sources.source_tree import SourceTree
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 

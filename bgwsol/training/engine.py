@@ -20,16 +20,16 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from bgwsol.boxes import resize_boxes
+from bgwsol.evaluation.boxes import resize_boxes
 from bgwsol.config import RunConfig, to_dict, write_yaml
-from bgwsol.data.dataset import MixedBatchSampler, SampleDataset, eval_transform, load_rgb, train_transform
-from bgwsol.data.records import Sample
-from bgwsol.data.splits import Splits, load_splits
-from bgwsol.evaluate import SplitEvaluation, evaluate, upsample_maps
-from bgwsol.localize import boxes_at_threshold
+from bgwsol.data.images import MixedBatchSampler, SampleDataset, eval_transform, load_rgb, train_transform
+from bgwsol.data.sources.records import Sample
+from bgwsol.data.sources.splits import Splits, load_splits
+from bgwsol.evaluation.evaluator import SplitEvaluation, evaluate, upsample_maps
+from bgwsol.evaluation.scoremaps import boxes_at_threshold
 from bgwsol.methods import Method, build_method
 from bgwsol.models import WSOLNet, build_backbone
-from bgwsol.viz import grid, overlay
+from bgwsol.evaluation.viz import grid, overlay
 
 log = logging.getLogger(__name__)
 

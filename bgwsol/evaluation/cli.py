@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bgwsol.boxes import resize_boxes
-from bgwsol.data.records import DatasetFormatError
-from bgwsol.data.wsol_metadata import read_wsol_metadata
-from bgwsol.localize import ScoremapError
-from bgwsol.metrics import BoxAccumulator, cam_thresholds, mean_over
+from bgwsol.evaluation.boxes import resize_boxes
+from bgwsol.data.sources.records import DatasetFormatError
+from bgwsol.data.sources.wsol_metadata import read_wsol_metadata
+from bgwsol.evaluation.scoremaps import ScoremapError
+from bgwsol.evaluation.metrics import BoxAccumulator, cam_thresholds, mean_over
 
 
 def _str2bool(v: str) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 
 def _load_localizer(model: str, tau: float | None):
     """A Localizer from a registered model URI (``models:/name@alias``, ``runs:/...``) or a checkpoint file."""
-    from bgwsol.inference import Localizer
+    from bgwsol.serving.localizer import Localizer
 
     if Path(model).is_file():
         return Localizer.from_checkpoint(model, tau if tau is not None else 0.5)
@@ -28,7 +28,7 @@ def _load_localizer(model: str, tau: float | None):
 def localize_main(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
-    from bgwsol.viz import overlay
+    from bgwsol.evaluation.viz import overlay
 
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri

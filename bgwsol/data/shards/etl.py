@@ -35,11 +35,11 @@ import numpy as np
 import pyarrow as pa
 
 from bgwsol.config import option
-from bgwsol.data.imageproc import RejectedImage, process_image
-from bgwsol.data.records import Sample
-from bgwsol.data.rejects import DEFAULT_MAX_SHARE, annotation_reject, check_share, reject
-from bgwsol.data.source_tree import read_source
-from bgwsol.data.shardset import MANIFEST_NAME, REJECTS_NAME, FORMAT, ShardSet, manifest_bytes
+from bgwsol.data.shards.imageproc import RejectedImage, process_image
+from bgwsol.data.sources.records import Sample
+from bgwsol.data.sources.rejects import DEFAULT_MAX_SHARE, annotation_reject, check_share, reject
+from bgwsol.data.sources.source_tree import read_source
+from bgwsol.data.shards.shardset import MANIFEST_NAME, REJECTS_NAME, FORMAT, ShardSet, manifest_bytes
 from bgwsol.data.storage import Location, check_access
 
 log = logging.getLogger(__name__)
@@ -323,9 +323,9 @@ def dataset_listings(dataset: str, root: str, val_fraction: float) -> tuple[list
     """``train`` / ``val`` / ``test`` listings of a dataset in its own layout, plus wnids and class names.
 
     Validation is carved from the labelled train images exactly as in local training
-    (:func:`bgwsol.data.splits.hold_out`), so a shard set and a folder give the same splits.
+    (:func:`bgwsol.data.sources.splits.hold_out`), so a shard set and a folder give the same splits.
     """
-    from bgwsol.data.splits import hold_out, read_dataset
+    from bgwsol.data.sources.splits import hold_out, read_dataset
 
     train, test, classes, names = read_dataset(dataset, root)
     train, val = hold_out(train, val_fraction)
@@ -341,7 +341,7 @@ def write_shard_set(splits: list[SplitListing], url: str, *, dataset: str, class
     skipped, counted per reason in the manifest and listed in ``rejects.jsonl``; boxes that reach
     past the image edge are clipped and counted (``clipped_boxes``). When more than
     ``cfg.max_reject_share`` of the samples is rejected the run stops with
-    :class:`~bgwsol.data.rejects.TooManyRejects` and commits no manifest: before any work for
+    :class:`~bgwsol.data.sources.rejects.TooManyRejects` and commits no manifest: before any work for
     what the readers found, after the shards for what only decoding shows. ``source`` (where
     the data came from) is recorded in the manifest.
     """

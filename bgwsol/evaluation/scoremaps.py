@@ -18,7 +18,7 @@ Two implementations give the same numbers:
   foreground; bounding rects and contour areas are computed for all contours at once
   (``reduceat`` over the concatenated points) instead of one Python call per contour.
   With all contours, levels without holes need no tracing at all: one union-find pass
-  (:mod:`bgwsol.level_components`) gives every level's 8-connected components with their
+  (:mod:`bgwsol.evaluation.level_components`) gives every level's 8-connected components with their
   boxes -- exactly the outer contours -- and the Euler number tells which levels have
   holes; only those are traced.
 """
@@ -30,8 +30,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from bgwsol.boxes import iou_matrix
-from bgwsol.level_components import level_best_iou
+from bgwsol.evaluation.boxes import iou_matrix
+from bgwsol.evaluation.level_components import level_best_iou
 
 _EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)
 

@@ -1,0 +1,1 @@
+"""Scoring localization maps: wsolevaluation's metrics, maps -> boxes, the evaluator, pictures, ``bgwsol-eval``."""

@@ -1,0 +1,1 @@
+"""MLflow: run logging, the model registry and a local tracking server."""
