@@ -25,13 +25,13 @@ from bgwsol.data.loader import TrainStream, normalize
 from bgwsol.data.shards.shardset import ShardSet
 from bgwsol.methods import build_method
 from bgwsol.training.distributed import CHECKPOINT_FILE, ClusterConfig, fit
-from bgwsol.training.engine import build_model, make_optimizer
+from bgwsol.training.engine import RunData, build_model, make_optimizer
 
 
-def plain_loop(cfg: RunConfig, epochs: int) -> float:
+def plain_loop(cfg: RunConfig, data: RunData, epochs: int) -> float:
     """images/s of the same training step without Ray (epoch 0 is warm-up, not timed)."""
-    shards = ShardSet.open(cfg.data.shards)
-    bg = ShardSet.open(cfg.data.background_shards)
+    shards = ShardSet.open(data.shards)
+    bg = ShardSet.open(data.background_shards)
     method = build_method(cfg.method)
     model = build_model(cfg, len(shards.classes), method)
     opt = make_optimizer(model, cfg)
@@ -67,16 +67,15 @@ def main() -> None:
 
         run_dataset_job(DatasetShardJob(output=args.shards))
         run_background_job(BackgroundShardJob(output=args.background))
-    cfg = replace(RunConfig(), **{"data.shards": os.path.abspath(args.shards), "method.name": args.method,
-                                  "data.background_shards": os.path.abspath(args.background),
-                                  "train.epochs": args.epochs, "train.eval_every": 1000})
+    cfg = replace(RunConfig(), **{"method.name": args.method, "train.epochs": args.epochs, "train.eval_every": 1000})
+    data = RunData(os.path.abspath(args.shards), os.path.abspath(args.background))
     torch.set_num_threads(args.threads)
-    plain = plain_loop(cfg, args.epochs)
+    plain = plain_loop(cfg, data, args.epochs)
     import ray
 
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as d:
-        result = fit(cfg, ClusterConfig(num_workers=1, cpus_per_worker=args.threads, storage_path=d, run_name="bench"))
+        result = fit(cfg, data, ClusterConfig(num_workers=1, cpus_per_worker=args.threads, storage_path=d, run_name="bench"))
         with result.checkpoint.as_directory() as ckpt:
             history = torch.load(os.path.join(ckpt, CHECKPOINT_FILE), weights_only=False)["history"]
         rates = [h["images_per_s"] for h in history]

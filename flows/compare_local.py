@@ -1,9 +1,9 @@
-"""CAM against bgwsol in one process (no Ray): the two-method comparison behind BENCHMARKS.md's first table.
+"""CAM against bgwsol on one machine: the two-method comparison behind BENCHMARKS.md's first table.
 
 ``flows/compare_methods.py`` with these defaults: methods ``cam bgwsol``, seed 0, output
 under ``outputs/compare_local``; any of its flags may be given and wins (see its ``--help``).
-With no ``--data.root`` it first generates the synthetic dataset in the real ILSVRC layout,
-trains each method with each seed, chooses checkpoint and thresholds on the validation
+With no ``--source`` it first generates the synthetic dataset in the real ILSVRC layout and
+shards it, trains each method with each seed (Ray Train on a local Ray, one worker per run), chooses checkpoint and thresholds on the validation
 split, reads the test split once and prints one table.
 
     python flows/compare_local.py                       # the embedded default
@@ -12,6 +12,7 @@ split, reads the test split once and prints one table.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import compare_methods  # flows/ is on sys.path when this file is run
@@ -25,4 +26,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(main())

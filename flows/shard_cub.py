@@ -13,6 +13,7 @@ AWS_SECRET_ACCESS_KEY. Submitted to a cluster as
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from bgwsol.data.shards.jobs import DatasetShardJob, flow_main, run_dataset_job
@@ -25,4 +26,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(main())

@@ -16,6 +16,7 @@ and prints the table and where to look.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from bgwsol.config import replace
@@ -32,4 +33,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(main())

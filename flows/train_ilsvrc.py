@@ -17,6 +17,7 @@ command that opens the MLflow UI.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from bgwsol.workflows.main_job import PipelineConfig, flow_main
@@ -32,4 +33,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(main())

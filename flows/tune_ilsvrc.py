@@ -5,8 +5,8 @@ weak trials after ``--search.grace_period`` epochs. Every trial is a nested MLfl
 one parent run; the best trial's best checkpoint is registered as ``--model_name`` with its
 validation threshold, and ``champion`` moves to it only if it beats the current champion.
 
-    python flows/tune_ilsvrc.py --run.data.shards s3://b/shards/ilsvrc \\
-        --run.data.background_shards s3://b/shards/background --tracking.tracking_uri http://mlflow:5000 \\
+    python flows/tune_ilsvrc.py --shards s3://b/shards/ilsvrc \\
+        --background_shards s3://b/shards/background --tracking.tracking_uri http://mlflow:5000 \\
         --search.num_samples 32 --cluster.num_workers 4 --cluster.use_gpu --cluster.storage_path s3://b/runs
 """
 
@@ -25,6 +25,9 @@ from bgwsol.training.tune import SearchConfig
 
 @dataclass
 class TuneJob:
+    shards: str = option("", "the dataset's shard set (s3://bucket/prefix or a folder with manifest.json; "
+                             "flows/shard_ilsvrc.py writes one)")
+    background_shards: str = option("", "the background shard set (flows/shard_background.py)")
     model_name: str = option("bgwsol-ilsvrc", "registered model name")
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -33,31 +36,33 @@ class TuneJob:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, TuneJob, TuneJob())
     job = config_from_args(TuneJob, parser.parse_args(argv), TuneJob())
-    if not job.run.data.shards:
-        parser.error("--run.data.shards is required (shard a dataset with flows/shard_ilsvrc.py)")
+    if not job.shards or not job.background_shards:
+        parser.error("--shards and --background_shards are required (flows/shard_ilsvrc.py, flows/shard_background.py)")
     from bgwsol.ray_init import RayConfig, init_ray
     from bgwsol.training.distributed import best_checkpoint
     from bgwsol.tracking.model_registry import log_and_register
     from bgwsol.tracking.runs import resolve_uri
+    from bgwsol.training.engine import RunData
     from bgwsol.training.tune import run_search
 
     init_ray(RayConfig())
-    outcome = run_search(job.run, job.cluster, job.tracking, job.search, name="tune-bgwsol")
+    outcome = run_search(job.run, RunData(job.shards, job.background_shards), job.cluster, job.tracking, job.search, name="tune-bgwsol")
     print(f"best trial {outcome.best_metrics['trial_id']}: {outcome.best_params}")
     print(f"  {job.search.metric} = {outcome.best_metrics.get(job.search.metric)}; "
           f"{outcome.num_stopped_early} of {outcome.num_trials} trials stopped early by ASHA")
     if resolve_uri(job.tracking):
         state, metrics = best_checkpoint(outcome.best_run())
         reg = log_and_register(state, tracking_uri=resolve_uri(job.tracking), run_id=state["mlflow_run_id"],
-                               name=job.model_name, metric=metrics["score"], tau=metrics.get("val_tau50", 0.5))
+                               name=job.model_name, metric=metrics["score"],
+                               taus={iou: metrics[f"val_tau{iou}"] for iou in job.run.eval.iou_thresholds})
         print(f"registered {reg.name} version {reg.version}" + (" (now champion)" if reg.champion else
                                                                  " (champion unchanged: not better)"))
     return 0
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(main())

@@ -96,7 +96,7 @@ def mlflow_server(tmp_path_factory):
 TINY_PIPELINE = {
     "run.data.input_size": 32, "run.data.bg_ratio": 0.25, "run.method.mask_warmup_epochs": 0,
     "run.train.epochs": 1, "run.train.batch_size": 8, "run.train.log_every": 2, "run.model.backbone": "tiny",
-    "run.eval.scoremap_size": 32, "run.eval.cam_curve_interval": 0.05, "run.data.val_fraction": 0.3,
+    "run.eval.scoremap_size": 32, "run.eval.cam_curve_interval": 0.05, "etl.val_fraction": 0.3,
     "search.num_samples": 1, "search.max_concurrent": 1, "search.grace_period": 1,
     "cluster.num_workers": 2, "cluster.max_failures": 0, "etl.max_short_side": 40, "etl.samples_per_shard": 9,
 }
@@ -122,3 +122,19 @@ def pipeline_run(tiny_synthetic, ray_local, tmp_path_factory):
             "source": str(paths.ilsvrc), "background": str(paths.background), "output_dir": "out",
             "shards_dir": "shards", "cluster.storage_path": "ray", "baseline": ""})
         return run_pipeline(cfg), work
+
+
+@pytest.fixture(scope="session")
+def shard_sets(tiny_synthetic, ray_local, tmp_path_factory):
+    """Local shard sets of the tiny synthetic ILSVRC (uneven shards) and its background set."""
+    from bgwsol.data.shards.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
+    from bgwsol.data.sources.background import read_background_folder
+
+    paths, _ = tiny_synthetic
+    root = tmp_path_factory.mktemp("shards")
+    cfg = ShardConfig(max_short_side=40, samples_per_shard=9)
+    listings, classes, names = dataset_listings("ilsvrc", paths.ilsvrc, 0.3)
+    write_shard_set(listings, root / "ilsvrc", dataset="ilsvrc", classes=classes, class_names=names, cfg=cfg)
+    bg = [SplitListing("background", listing_rows(read_background_folder(paths.background), []))]
+    write_shard_set(bg, root / "bg", dataset="background", classes=[], cfg=cfg)
+    return str(root / "ilsvrc"), str(root / "bg")

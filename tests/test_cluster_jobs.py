@@ -197,7 +197,7 @@ def test_readme_jobs_run_on_two_nodes_and_survive_a_lost_node(cluster, tiny_synt
         "--shards_dir", f"s3://{bucket}/shards", "--cluster.storage_path", f"s3://{bucket}/runs",
         "--tracking.tracking_uri", mlflow_server, "--tracking.experiment", "cluster-test", "--baseline", "",
         "--output_dir", str(tmp_path / "out"), "--model_name", "bgwsol-cluster-test", *etl,
-        "--run.data.val_fraction", "0.3", "--run.data.input_size", "32", "--run.data.bg_ratio", "0.25",
+        "--etl.val_fraction", "0.3", "--run.data.input_size", "32", "--run.data.bg_ratio", "0.25",
         "--run.method.mask_warmup_epochs", "0", "--run.train.epochs", "3", "--run.train.batch_size", "8",
         "--run.model.backbone", "tiny", "--run.eval.scoremap_size", "32", "--run.eval.cam_curve_interval", "0.05",
         "--search.num_samples", "1", "--search.max_concurrent", "1", "--search.grace_period", "1",

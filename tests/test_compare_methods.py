@@ -4,9 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bgwsol.workflows.compare import Comparison, compare, plan_runs
-from bgwsol.config import RunConfig, replace
-from bgwsol.training.engine import RunResult
+from bgwsol.workflows.compare import Comparison, RunResult, plan_runs
 
 FLOW = Path(__file__).resolve().parents[1] / "flows" / "compare_methods.py"
 
@@ -64,26 +62,34 @@ def test_goal_line_says_when_bgwsol_is_below():
     assert "**51.0 ± 1.0**" in comp.markdown()
 
 
-def test_flow_end_to_end_one_seed_with_mlflow(tiny_synthetic, tmp_path):
-    """flows/compare_methods.py on the tiny dataset: 3 trained methods + Eigen-CAM on the CAM run,
-    the table on disk and one MLflow parent run with a child per method."""
+@pytest.mark.ray
+@pytest.mark.slow
+def test_flow_end_to_end_one_seed_with_mlflow(tiny_synthetic, ray_local, tmp_path):
+    """flows/compare_methods.py on the tiny dataset: shards, then 3 methods trained through Ray Train
+    (the main job's path) + Eigen-CAM on the CAM run, the table on disk and one MLflow parent run
+    with a child per method."""
     from mlflow import MlflowClient
-
 
     paths, _ = tiny_synthetic
     out, uri = tmp_path / "cmp", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rc = load_flow().main(["--data.root", str(paths.ilsvrc), "--data.background", str(paths.background), "--seeds", "0",
-               "--output_dir", str(out), "--data.val_fraction", "0.3", "--data.input_size", "48",
-               "--train.epochs", "1", "--train.batch_size", "8", "--train.log_every", "2", "--method.bas_warmup_epochs", "0",
-               "--eval.cam_curve_interval", "0.05", "--tracking.tracking_uri", uri, "--tracking.experiment", "cmp"])
+    rc = load_flow().main(["--source", str(paths.ilsvrc), "--background", str(paths.background), "--seeds", "0",
+                           "--output_dir", str(out), "--shards_dir", str(tmp_path / "shards"),
+                           "--etl.val_fraction", "0.3", "--etl.max_short_side", "64", "--run.data.input_size", "48",
+                           "--run.train.epochs", "1", "--run.train.batch_size", "8", "--run.train.log_every", "2",
+                           "--run.method.bas_warmup_epochs", "0", "--run.eval.cam_curve_interval", "0.05",
+                           "--tracking.tracking_uri", uri, "--tracking.experiment", "cmp"])
     assert rc == 0
+    assert (tmp_path / "shards" / "ilsvrc" / "manifest.json").is_file()  # local runs read shards too
     # Eigen-CAM was not trained: scored on the CAM run, with its own validation thresholds
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bas-seed0", "bgwsol-seed0", "cam-seed0"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bas-seed0", "bgwsol-seed0", "cam-seed0", "runs"]
+    assert len([p for p in (out / "runs").glob("cam-seed0-*/checkpoint_*") if p.is_dir()]) == 1  # Ray Train's
     cam = json.loads((out / "cam-seed0" / "results.json").read_text())
     assert {"main", "eigencam"} <= set(cam["test"]) and {"main", "eigencam"} <= set(cam["val"])
+    assert set(cam["taus_from_val"]["eigencam"]) == {"30", "50", "70"}
     bas = json.loads((out / "bas-seed0" / "results.json").read_text())
     history = [json.loads(line) for line in (out / "bas-seed0" / "history.jsonl").read_text().splitlines()]
-    assert {"cls", "ac", "area", "fg"} <= {k for rec in history for k in rec}
+    assert {"train_cls", "train_ac", "train_area", "train_fg"} <= {k for rec in history for k in rec}
+    assert (out / "bas-seed0" / "overlays_test.png").is_file()
     saved = json.loads((out / "comparison.json").read_text())
     keys = [r["key"] for r in saved["rows"]]
     assert keys[:4] == ["cam", "eigencam", "bas", "bgwsol"]
@@ -108,17 +114,3 @@ def test_flow_end_to_end_one_seed_with_mlflow(tiny_synthetic, tmp_path):
         assert child.data.metrics["maxboxacc_v2_std"] == pytest.approx(0.0)
     assert "mask_only.maxboxacc_v2_mean" in children["bgwsol"].data.metrics
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"comparison.md", "comparison.json"}
-
-
-@pytest.mark.ray
-def test_runs_as_ray_tasks(tiny_synthetic, tmp_path, ray_local):
-    paths, _ = tiny_synthetic
-    base = replace(RunConfig(), **{
-        "output_dir": str(tmp_path / "ray"), "data.root": str(paths.ilsvrc), "data.background": str(paths.background),
-        "data.val_fraction": 0.3, "data.input_size": 48, "train.epochs": 1, "train.batch_size": 8,
-        "eval.cam_curve_interval": 0.05})
-    comp = compare(base, ["eigencam"], [0, 1], ray="local", cpus_per_run=1)
-    assert [len(comp.results["cam"])] == [2] and {"main", "eigencam"} <= set(comp.results["cam"][1].test)
-    assert comp.results["cam"][1].output_dir == tmp_path / "ray" / "cam-seed1"
-    assert (tmp_path / "ray" / "cam-seed0" / "results.json").is_file()
-    assert [r["key"] for r in comp.rows()] == ["cam", "eigencam"]

@@ -273,7 +273,7 @@ def test_the_main_job_reuses_committed_shards_without_listing_the_source(tiny_sy
     again; a scheduling-only change (read_ahead) still reuses; an output change re-shards."""
     from dataclasses import replace
 
-    from bgwsol.workflows.main_job import _shard_or_reuse
+    from bgwsol.data.shards.jobs import shard_or_reuse
 
     paths, _ = tiny_synthetic
     source, url = str(paths.cub), str(tmp_path / "cub")
@@ -283,12 +283,12 @@ def test_the_main_job_reuses_committed_shards_without_listing_the_source(tiny_sy
         calls.append(1)
         return dataset_listings("cub", source, CFG.val_fraction)
 
-    first = _shard_or_reuse(listings, url, "cub", CFG, source)
+    first = shard_or_reuse(listings, url, "cub", CFG, source)
 
     def must_not_list():
         raise AssertionError("listed the source although a matching shard set is committed")
 
-    again = _shard_or_reuse(must_not_list, url, "cub", replace(CFG, read_ahead=3, cpus_per_task=0.5), source)
+    again = shard_or_reuse(must_not_list, url, "cub", replace(CFG, read_ahead=3, cpus_per_task=0.5), source)
     assert again.digest == first.digest and len(calls) == 1
-    redone = _shard_or_reuse(listings, url, "cub", replace(CFG, max_short_side=40), source)
+    redone = shard_or_reuse(listings, url, "cub", replace(CFG, max_short_side=40), source)
     assert len(calls) == 2 and redone.manifest["etl"]["max_short_side"] == 40

@@ -33,14 +33,17 @@ def test_main_job_refuses_a_typo_a_range_and_a_missing_source_before_any_work(tm
 def test_compare_refuses_unknown_methods_and_a_method_without_its_background(tmp_path, capsys):
     root = tmp_path / "data"
     root.mkdir()
-    rc = _flow("compare_methods").main(["--methods", "cam", "gradcam", "bgwsol", "--data.root", str(root),
-                                        "--data.dataset", "cub", "--eval.iou_thresholds", "30", "120",
-                                        "--synthetic-dir", str(tmp_path / "syn")])
+    rc = _flow("compare_methods").main(["--methods", "cam", "gradcam", "bgwsol", "--source", str(root),
+                                        "--dataset", "cub", "--run.eval.iou_thresholds", "30", "120",
+                                        "--shards_dir", str(tmp_path / "shards"), "--cluster.num_workers", "3",
+                                        "--cluster.run_name", "mine"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "method 'gradcam': unknown" in err and "method 'bgwsol' needs background images" in err
-    assert "--eval.iou_thresholds [30, 120]: each must be in 1..99" in err
-    assert not (tmp_path / "syn").exists()
+    assert "--run.eval.iou_thresholds [30, 120]: each must be in 1..99" in err
+    assert "--run.train.batch_size 32: the global batch is split evenly over the workers" in err
+    assert "--cluster.run_name 'mine': the comparison names each run itself" in err
+    assert not (tmp_path / "shards").exists()
 
 
 def test_a_packaged_weights_spec_must_fit_its_backbone():
@@ -50,3 +53,31 @@ def test_a_packaged_weights_spec_must_fit_its_backbone():
                                         "backbone 'efficientnet_lite0', not 'resnet50'"]
     assert run_config_problems(replace(cfg, **{"model.backbone": "efficientnet_lite0"})) == []
     assert run_config_problems(RunConfig()) == []
+
+
+# flags the main job offered but overwrote or ignored (the eighth, --etl.val_fraction, was overwritten by
+# --run.data.val_fraction; now it is the only validation-share flag and the ETL reads it)
+RETIRED_FLAGS = ["--run.output_dir", "--run.data.dataset", "--run.data.root", "--run.data.background", "--run.data.shards",
+                 "--run.data.background_shards", "--run.data.num_workers", "--run.data.val_fraction"]
+
+
+def test_every_main_job_flag_does_something_the_derived_ones_are_gone(capsys):
+    """The settings the main job derives (output folder, data paths, shard sets, loader processes)
+    are no flags of it; the validation share is one flag, --etl.val_fraction, which the ETL reads."""
+    import pytest
+
+    from bgwsol.workflows.main_job import parse_flow_args, pipeline_problems
+
+    flow = _flow("train_ilsvrc")
+    for flag in RETIRED_FLAGS:
+        with pytest.raises(SystemExit) as stop:
+            parse_flow_args(flow.DEFAULTS, "", [flag, "x"])
+        assert stop.value.code == 2 and f"unrecognized arguments: {flag} x" in capsys.readouterr().err
+    cfg = parse_flow_args(flow.DEFAULTS, "", ["--etl.val_fraction", "0.3"])
+    assert cfg.etl.val_fraction == 0.3
+    named = parse_flow_args(flow.DEFAULTS, "", ["--cluster.run_name", "mine"])
+    assert pipeline_problems(named) == ["--cluster.run_name 'mine': the main job names its runs itself (the baseline "
+                                        "by a hash of its configuration, the Tune trials by trial id)"]
+    odd = parse_flow_args(flow.DEFAULTS, "", ["--cluster.num_workers", "3"])
+    assert pipeline_problems(odd) == ["--run.train.batch_size 32: the global batch is split evenly over the workers, "
+                                      "so it must be a multiple of --cluster.num_workers 3"]

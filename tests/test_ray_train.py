@@ -9,29 +9,15 @@ import pytest
 import torch
 
 from bgwsol.config import RunConfig, replace
-from bgwsol.data.shards.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
-from bgwsol.data.sources.background import read_background_folder
 from bgwsol.training.distributed import CHECKPOINT_FILE, ClusterConfig, fit
+from bgwsol.training.engine import RunData
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture(scope="session")
-def shard_sets(tiny_synthetic, ray_local, tmp_path_factory):
-    """Local shard sets of the tiny synthetic ILSVRC (uneven shards) and its background set."""
-    paths, _ = tiny_synthetic
-    root = tmp_path_factory.mktemp("shards")
-    cfg = ShardConfig(max_short_side=40, samples_per_shard=9)
-    listings, classes, names = dataset_listings("ilsvrc", paths.ilsvrc, 0.3)
-    write_shard_set(listings, root / "ilsvrc", dataset="ilsvrc", classes=classes, class_names=names, cfg=cfg)
-    bg = [SplitListing("background", listing_rows(read_background_folder(paths.background), []))]
-    write_shard_set(bg, root / "bg", dataset="background", classes=[], cfg=cfg)
-    return str(root / "ilsvrc"), str(root / "bg")
-
-
 def tiny_config(shard_sets, method: str = "bgwsol", epochs: int = 2) -> RunConfig:
     return replace(RunConfig(), **{
-        "data.shards": shard_sets[0], "data.background_shards": shard_sets[1], "data.input_size": 32,
+        "data.input_size": 32,
         "data.bg_ratio": 0.25, "method.name": method, "method.mask_warmup_epochs": 0, "train.epochs": epochs,
         "train.batch_size": 8, "train.log_every": 2, "model.backbone": "tiny", "eval.scoremap_size": 32,
         "eval.cam_curve_interval": 0.05})
@@ -50,7 +36,7 @@ def tracked_run(shard_sets, tmp_path_factory, mlflow_server):
 
     tracking = TrackingConfig(tracking_uri=mlflow_server, experiment="test-ray-train")
     cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path_factory.mktemp("runs")), run_name="tracked")
-    return fit(tiny_config(shard_sets, epochs=2), cluster, tracking=tracking)
+    return fit(tiny_config(shard_sets, epochs=2), RunData(*shard_sets), cluster, tracking=tracking)
 
 
 def test_two_workers_train_evaluate_and_checkpoint(shard_sets, tracked_run):
@@ -70,9 +56,9 @@ def test_two_workers_train_evaluate_and_checkpoint(shard_sets, tracked_run):
 
 def test_rerun_with_the_same_name_continues(shard_sets, tmp_path):
     cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="cont")
-    first = fit(tiny_config(shard_sets, "cam", epochs=1), cluster)
+    first = fit(tiny_config(shard_sets, "cam", epochs=1), RunData(*shard_sets), cluster)
     before = load_state(first)
-    second = fit(tiny_config(shard_sets, "cam", epochs=2), cluster)
+    second = fit(tiny_config(shard_sets, "cam", epochs=2), RunData(*shard_sets), cluster)
     after = load_state(second)
     assert after["epoch"] == 1 and len(after["history"]) == 2
     assert after["history"][0] == before["history"][0]  # epoch 0 was not trained again
@@ -88,7 +74,7 @@ def test_a_rerun_with_another_config_is_refused_before_any_worker_starts(shard_s
               ShardSet.open(shard_sets[0]).digest)
     t0 = time.monotonic()
     with pytest.raises(IncompatibleRun, match=r"method\.name: 'cam' -> 'bgwsol'"):
-        fit(tiny_config(shard_sets, "bgwsol"), cluster)
+        fit(tiny_config(shard_sets, "bgwsol"), RunData(*shard_sets), cluster)
     assert time.monotonic() - t0 < 10  # refused on the driver: no worker group was started
     assert not list((tmp_path / "runs" / "taken").glob("checkpoint_*"))
 
@@ -100,7 +86,8 @@ def test_a_dead_mlflow_server_stops_the_run_before_training(shard_sets, tmp_path
 
     cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="untracked")
     with pytest.raises(TrackingUnavailable, match="unreachable.*nothing was trained"):
-        fit(tiny_config(shard_sets), cluster, tracking=TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}"))
+        fit(tiny_config(shard_sets), RunData(*shard_sets), cluster,
+            tracking=TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}"))
     assert not (tmp_path / "runs" / "untracked").exists()  # no run was started or claimed
 
 
@@ -115,8 +102,7 @@ def test_damaged_shards_are_left_out_counted_and_reported(shard_sets, tmp_path):
     cut = [Path(shards.urls("train")[0]), Path(shards.urls("val")[-1])]
     for path in cut:  # uploads cut off halfway
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    cfg = replace(tiny_config(shard_sets, "cam", epochs=1), **{"data.shards": str(root)})
-    result = fit(cfg, ClusterConfig(num_workers=1, storage_path=str(tmp_path / "runs"), run_name="damaged"))
+    result = fit(tiny_config(shard_sets, "cam", epochs=1), RunData(str(root), shard_sets[1]), ClusterConfig(num_workers=1, storage_path=str(tmp_path / "runs"), run_name="damaged"))
     m = result.metrics
     lost_val = shards.shards("val")[-1]["count"]
     assert m["damaged_shards"] == 2
@@ -160,7 +146,8 @@ def test_registry_alias_moves_only_on_improvement_and_localize_uses_it(tracked_r
     from bgwsol.tracking.model_registry import log_and_register
 
     state, metrics = best_checkpoint(tracked_run)
-    kw = dict(tracking_uri=mlflow_server, run_id=state["mlflow_run_id"], name="bgwsol-test", tau=metrics["val_tau50"])
+    taus = {iou: metrics[f"val_tau{iou}"] for iou in (30, 50, 70)}
+    kw = dict(tracking_uri=mlflow_server, run_id=state["mlflow_run_id"], name="bgwsol-test", taus=taus)
     v1 = log_and_register(state, metric=50.0, **kw)
     v2 = log_and_register(state, metric=40.0, **kw)
     client = MlflowClient(mlflow_server)
@@ -201,7 +188,7 @@ def test_tune_runs_three_trials_and_asha_stops_the_weak_one(shard_sets, tmp_path
                           reduction_factor=2)
     good = {"lambda_bg": 1.0, "lambda_mask": 0.5, "lambda_fg": 0.5, "lambda_area": 0.0, "alpha": 0.8, "lr": 0.05}
     points = [good, {**good, "lr": 0.08}, {**good, "lr": 1e-7}]  # run in this order
-    outcome = run_search(base, cluster, tracking, search, name="t3", points_to_evaluate=points)
+    outcome = run_search(base, RunData(*shard_sets), cluster, tracking, search, name="t3", points_to_evaluate=points)
     assert outcome.num_trials == 3
     epochs_by_lr = {round(r.config["lr"], 9): r.metrics["epoch"] + 1 for r in outcome.results}
     assert epochs_by_lr == {0.05: 2, 0.08: 2, 1e-7: 1}  # ASHA stopped the third at the first rung

@@ -98,8 +98,8 @@ def _raw_samples(urls: list[str], *, resampled: bool, seed: int, shuffle_buffer:
         shards = [{"url": u} for u in mine]
     stream = wds.tarfile_to_samples(handler=handler)(shards)
     if shuffle_buffer > 1:
-        stream = wds.filters._shuffle(stream, bufsize=shuffle_buffer, initial=min(shuffle_buffer, 100),
-                                      rng=random.Random(seed * 7919 + epoch * 31 + rank * 1000 + worker))
+        stream = wds.shuffle(bufsize=shuffle_buffer, initial=min(shuffle_buffer, 100),
+                             rng=random.Random(seed * 7919 + epoch * 31 + rank * 1000 + worker))(stream)
     return stream
 
 

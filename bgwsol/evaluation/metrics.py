@@ -91,9 +91,10 @@ class BoxAccumulator:
             and self.multi_contour == other.multi_contour
         ):
             raise ValueError("cannot merge box accumulators with different thresholds or contour mode")
-        self.correct += other.correct
-        self.top1 += other.top1
-        self.top5 += other.top5
+        # new arrays, not in place: an accumulator that came through Ray's object store is read-only
+        self.correct = self.correct + other.correct
+        self.top1 = self.top1 + other.top1
+        self.top5 = self.top5 + other.top5
         self.count += other.count
         return self
 
@@ -173,8 +174,8 @@ class PxAPAccumulator:
     def merge(self, other: "PxAPAccumulator") -> "PxAPAccumulator":
         if not np.array_equal(self.thresholds, other.thresholds):
             raise ValueError("cannot merge PxAP accumulators with different thresholds")
-        self.fg_hist += other.fg_hist
-        self.bg_hist += other.bg_hist
+        self.fg_hist = self.fg_hist + other.fg_hist  # not in place: see BoxAccumulator.merge
+        self.bg_hist = self.bg_hist + other.bg_hist
         return self
 
     def compute(self) -> float:

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 
-def _load_localizer(model: str, tau: float | None):
-    """A Localizer from a registered model URI (``models:/name@alias``, ``runs:/...``) or a checkpoint file."""
+def _load_localizer(model: str, tau: float | None, tracking_uri: str):
+    """A Localizer from a checkpoint (``checkpoint.pt`` or its folder) or a registered model URI
+    (``models:/name@alias``, ``runs:/...``): the checkpoint file the registry logged with it."""
+    from bgwsol.checkpoint import CHECKPOINT_FILE
     from bgwsol.serving.localizer import Localizer
 
-    if Path(model).is_file():
-        return Localizer.from_checkpoint(model, tau if tau is not None else 0.5)
-    import mlflow.pyfunc
+    if Path(model).exists():
+        return Localizer.from_checkpoint(model, tau)
+    import mlflow.artifacts
 
-    loaded = mlflow.pyfunc.load_model(model)
-    localizer = loaded.unwrap_python_model().localizer
-    if tau is not None:
-        localizer.tau = tau
-    return localizer
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=tracking_uri or None))
+    found = sorted(folder.rglob(CHECKPOINT_FILE))
+    if not found:
+        raise FileNotFoundError(f"{model} holds no {CHECKPOINT_FILE}: not a bgwsol model")
+    return Localizer.from_checkpoint(found[0], tau)
 
 
 def localize_main(args: argparse.Namespace) -> int:
@@ -30,10 +31,8 @@ def localize_main(args: argparse.Namespace) -> int:
 
     from bgwsol.evaluation.viz import overlay
 
-    if args.tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     try:
-        localizer = _load_localizer(args.model, args.tau)
+        localizer = _load_localizer(args.model, args.tau, args.tracking_uri)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported with the model named
         print(f"error: cannot load model {args.model!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
               file=sys.stderr)
@@ -64,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "inclusive x0 y0 x1 y1 pixels, overlay file) and writes a PNG with the heatmap, "
                                      "the box in red.")
     loc.add_argument("--model", required=True,
-                     help="models:/bgwsol-ilsvrc@champion, runs:/<run id>/model, or a checkpoint .pt file")
+                     help="models:/bgwsol-ilsvrc@champion, runs:/<run id>/model, or a checkpoint (checkpoint.pt or the "
+                          "checkpoint_* folder holding it)")
     loc.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     loc.add_argument("--tau", type=float, default=None, help="score-map threshold (default: the one registered with the model)")
     loc.add_argument("--out", default="localized", help="folder for the overlay PNGs (default: ./localized)")

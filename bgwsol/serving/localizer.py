@@ -9,8 +9,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bgwsol.config import RunConfig, from_dict
-
 
 @dataclass
 class Localization:
@@ -31,24 +29,23 @@ class Localization:
 
 
 class Localizer:
-    """Wraps a checkpoint state (``model``, ``config``, ``classes``) and an operating threshold ``tau``."""
+    """Wraps a checkpoint state (:mod:`bgwsol.checkpoint`'s layout) and an operating
+    threshold ``tau``: by default the one chosen on validation at IoU 50 (``taus[50]``), else 0.5."""
 
-    def __init__(self, state: dict, tau: float = 0.5, class_names: list[str] | None = None):
-        from bgwsol.methods import build_method
-        from bgwsol.training.engine import build_model
+    def __init__(self, state: dict, tau: float | None = None):
+        from bgwsol.checkpoint import model_from_state
 
-        self.cfg = from_dict(RunConfig, state["config"])
+        self.model, self.method, self.cfg = model_from_state(state)
         self.classes = list(state["classes"])
-        self.class_names = class_names or self.classes
-        self.method = build_method(self.cfg.method)
-        self.model = build_model(self.cfg, len(self.classes), self.method)
-        self.model.load_state_dict(state["model"])
-        self.model.eval()
-        self.tau = float(tau)
+        self.class_names = list(state.get("class_names") or self.classes)
+        self.tau = float(tau if tau is not None else state.get("taus", {}).get(50, state.get("tau", 0.5)))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, tau: float = 0.5) -> "Localizer":
-        return cls(torch.load(path, map_location="cpu", weights_only=False), tau)
+    def from_checkpoint(cls, path: str | Path, tau: float | None = None) -> "Localizer":
+        """From ``checkpoint.pt`` or the folder holding it (a run's checkpoint or a registered model's)."""
+        from bgwsol.checkpoint import load_checkpoint
+
+        return cls(load_checkpoint(path), tau)
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> Localization:

@@ -1,7 +1,8 @@
 """Log a trained checkpoint to MLflow as a pyfunc, register it, and move the ``champion`` alias on improvement.
 
-The logged model is our own module, not an exported graph: the pyfunc holds the checkpoint
-(state dict + resolved config + classes + operating threshold) as an artifact and rebuilds
+The logged model is our own module, not an exported graph: the pyfunc holds the run's
+checkpoint file (:mod:`bgwsol.training.engine`'s layout, without optimizer state, with the
+thresholds chosen on validation) as an artifact and rebuilds
 :class:`~bgwsol.serving.localizer.Localizer` from it. ``predict`` takes a DataFrame with an ``image``
 column (file paths or encoded bytes) and returns class, class name, score and box per image.
 """
@@ -12,9 +13,6 @@ import io
 import logging
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +29,7 @@ def _python_model_class():
         def load_context(self, context) -> None:
             from bgwsol.serving.localizer import Localizer
 
-            state = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=False)
-            self.localizer = Localizer(state, tau=state.get("tau", 0.5), class_names=state.get("class_names"))
+            self.localizer = Localizer.from_checkpoint(context.artifacts["checkpoint"])
 
         def predict(self, context, model_input, params=None):
             import pandas as pd
@@ -58,19 +55,20 @@ class Registration:
 
 
 def log_and_register(state: dict, *, tracking_uri: str, run_id: str, name: str, metric: float,
-                     tau: float, class_names: list[str] | None = None) -> Registration:
-    """Log ``state`` (a training checkpoint) under MLflow run ``run_id``, register it as ``name``
-    and point ``champion`` at it only if ``metric`` (validation, higher is better) beats the
-    current champion's."""
+                     taus: dict[int, float]) -> Registration:
+    """Log ``state`` (a training checkpoint) with its operating thresholds ``taus`` (IoU percent
+    -> τ, chosen on validation) under MLflow run ``run_id``, register it as ``name`` and point
+    ``champion`` at it only if ``metric`` (validation, higher is better) beats the current
+    champion's."""
     import mlflow
     from mlflow import MlflowClient
 
-    slim = {"model": state["model"], "config": state["config"], "classes": state["classes"], "tau": tau,
-            "class_names": class_names, "epoch": state.get("epoch"), "manifest": state.get("manifest")}
+    from bgwsol.checkpoint import inference_state, save_checkpoint
+
     mlflow.set_tracking_uri(tracking_uri)
+    tau = taus[50]
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "model.pt"
-        torch.save(slim, path)
+        path = save_checkpoint(inference_state(state, taus), d)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", python_model=_python_model_class()(),
                                            artifacts={"checkpoint": str(path)},

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from bgwsol.config import RunConfig, from_dict, option, replace, to_dict
+from bgwsol.config import RunConfig, option, replace, to_dict
 from bgwsol.training.distributed import ClusterConfig, fit
+from bgwsol.training.engine import RunData
 from bgwsol.tracking.runs import TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -62,16 +63,15 @@ def params_of(cfg: RunConfig) -> dict[str, float]:
     return {k: float(flat[path]) for k, path in PARAMS.items()}
 
 
-def _trial(config: dict, *, base: dict, cluster: dict, tracking: dict, parent_run_id: str | None, tune_name: str) -> None:
+def _trial(config: dict, *, base: RunConfig, data: RunData, cluster: ClusterConfig, tracking: TrackingConfig,
+           parent_run_id: str | None, tune_name: str) -> None:
     """One Tune trial: fit a TorchTrainer with the sampled weights; metrics flow to Tune per epoch."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = trial_config(from_dict(RunConfig, base), config)
     trial_id = tune.get_context().get_trial_id()
-    run_cluster = replace(from_dict(ClusterConfig, cluster), run_name=f"{tune_name}-{trial_id}")
-    fit(cfg, run_cluster, tracking=from_dict(TrackingConfig, tracking), callbacks=[TuneReportCallback()],
-        parent_run_id=parent_run_id)
+    fit(trial_config(base, config), data, replace(cluster, run_name=f"{tune_name}-{trial_id}"), tracking=tracking,
+        callbacks=[TuneReportCallback()], parent_run_id=parent_run_id)
 
 
 def concurrency(cluster: ClusterConfig, search: SearchConfig) -> int:
@@ -102,7 +102,7 @@ class TuneOutcome:
         return load_result(self.storage_path, self.best_trial_run_name)
 
 
-def run_search(base: RunConfig, cluster: ClusterConfig, tracking: TrackingConfig, search: SearchConfig,
+def run_search(base: RunConfig, data: RunData, cluster: ClusterConfig, tracking: TrackingConfig, search: SearchConfig,
                name: str = "tune", points_to_evaluate: list[dict] | None = None) -> TuneOutcome:
     """Optuna + ASHA over :data:`PARAMS`; returns the best trial (by ``search.metric`` at its best epoch).
 
@@ -123,7 +123,7 @@ def run_search(base: RunConfig, cluster: ClusterConfig, tracking: TrackingConfig
     loc = Location.parse(cluster.storage_path)
     tuner = tune.Tuner(
         tune.with_resources(  # the trial only drives its TorchTrainer, whose workers hold the CPUs
-            tune.with_parameters(_trial, base=to_dict(base), cluster=to_dict(cluster), tracking=to_dict(tracking),
+            tune.with_parameters(_trial, base=base, data=data, cluster=cluster, tracking=tracking,
                                  parent_run_id=parent_id, tune_name=name),
             {"CPU": 0, "memory": 1}),
         param_space=param_space(search),

@@ -1,12 +1,12 @@
 """Run several methods x seeds on the same data and summarize test metrics as one table.
 
-Every method trains on the same splits, backbone, schedule and evaluator; each run chooses
-its checkpoint and its thresholds on the validation split and reads the test split once.
-Post-hoc methods (``Method.post_hoc_of``, e.g. Eigen-CAM on CAM) are not trained: they are
-scored on the runs of the method they are computed from, in the same passes over validation
-and test. Runs go one after another in this process, or as Ray tasks (one per method and
-seed) spread over a cluster. With an MLflow tracking URI the table goes to one parent run
-with a child run per method.
+Every method trains on the same shards, backbone, schedule and evaluator, through the main
+job's own path (a Ray Train run of the training engine, evaluation on the workers); each run
+chooses its checkpoint and its thresholds on the validation split and reads the test split
+once. Post-hoc methods (``Method.post_hoc_of``, e.g. Eigen-CAM on CAM) are not trained: they
+are scored on the runs of the method they are computed from, in the same passes over
+validation and test. Runs proceed side by side as far as the cluster allows. With an MLflow
+tracking URI the table goes to one parent run with a child run per method.
 """
 
 from __future__ import annotations
@@ -16,12 +16,28 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from bgwsol.config import RunConfig, flatten, replace, to_dict
-from bgwsol.data.sources.splits import Splits, load_splits
-from bgwsol.training.engine import RunResult, train_and_evaluate
+from bgwsol.config import RunConfig, flatten, option, replace, to_dict
+from bgwsol.data.shards.etl import ShardConfig
+from bgwsol.ray_init import RayConfig
+from bgwsol.tracking.runs import TrackingConfig
+from bgwsol.training.distributed import ClusterConfig
+from bgwsol.training.engine import RunData
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports: ``val``/``test`` metric dicts per map variant, the main map's
+    thresholds from validation, its epoch history, and the folder of its files."""
+
+    output_dir: Path
+    val: dict[str, dict[str, float]]
+    test: dict[str, dict[str, float]]
+    taus: dict[int, float]
+    history: list[dict]
 
 log = logging.getLogger(__name__)
 
@@ -150,46 +166,43 @@ class Comparison:
 # ----------------------------------------------------------------------------- running
 
 
-def run_one(cfg: RunConfig, post_hoc: list[str], splits: Splits | None = None, *,
-            show_progress: bool = True) -> RunResult:
-    """One (method, seed) run: train and test ``cfg.method`` and score the ``post_hoc`` maps
-    computed from it in the same passes (``splits`` loaded from ``cfg.data`` when not given)."""
-    from bgwsol.methods import build_method
+@dataclass
+class CompareConfig:
+    """A comparison: the data (as the main job takes it), the methods and seeds, and one run config."""
 
-    extra = {name: build_method(replace(cfg, **{"method.name": name}).method) for name in post_hoc}
-    return train_and_evaluate(cfg, splits, show_progress=show_progress, extra_maps=extra)
-
-
-def ensure_synthetic(root: str | Path, syn) -> None:
-    """Generate the synthetic dataset under ``root`` unless it is there (deterministic, so every
-    node of a cluster makes the same files); a file lock keeps concurrent tasks on one node
-    from writing it at once."""
-    import fcntl
-
-    from bgwsol.data.sources.synthetic import generate
-
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{root}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        generate(root, syn, show_progress=False)
+    dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "dataset layout of --source: ilsvrc | cub")
+    source: str = option("", "dataset root in its own layout, a folder or s3://bucket/prefix; empty: the embedded "
+                             "synthetic dataset of that layout")
+    background: str = option("", "background image folder (local or s3://bucket/prefix); empty: the synthetic "
+                                 "background set")
+    shards_dir: str = option("data/shards", "where shards go (local folder or s3://bucket/prefix); "
+                                            "<dataset>/ and background/ below it; reused when already there")
+    output_dir: str = option("outputs/compare_methods", "the table, and a folder per (method, seed)")
+    methods: tuple[str, ...] = option(("cam", "eigencam", "bas", "bgwsol"),
+                                      "methods to compare; post-hoc ones (eigencam) are scored on their source's runs")
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds per method")
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(num_workers=1, storage_path=""))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    etl: ShardConfig = field(default_factory=ShardConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
-def _ray_task(cfg_dict: dict, post_hoc: list[str], synthetic, num_threads: int) -> RunResult:
-    """:func:`run_one` as a Ray task on any node: plain data in, the data made on this node if missing."""
-    import torch
+def run_one(cfg: RunConfig, data: RunData, cluster: ClusterConfig, post_hoc: list[str], out_dir: str) -> RunResult:
+    """One (method, seed) through the main job's path: a Ray Train run of ``cfg`` (resumed when
+    its run name exists), its best checkpoint by validation, then validation (thresholds per map)
+    and test on the workers; ``post_hoc`` maps are scored on the same model in the same passes.
+    Writes config.yaml, history.jsonl, results.json and overlays_test.png into ``out_dir``."""
+    from bgwsol.data.shards.shardset import ShardSet
+    from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag
+    from bgwsol.training.engine import plan_data, test_overlays, write_run_files
 
-    from bgwsol.config import from_dict
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(num_threads)
-    if synthetic is not None:
-        ensure_synthetic(*synthetic)
-    return run_one(from_dict(RunConfig, cfg_dict), post_hoc)
-
-
-def _absolute(path: str) -> str:
-    return str(Path(path).resolve()) if path and "://" not in path else path
+    name = f"{cfg.method.name}-seed{cfg.train.seed}-{identity_tag(cfg, ShardSet.open(data.shards).digest)}"
+    state, _ = best_checkpoint(fit(cfg, data, replace(cluster, run_name=name)))
+    plan = plan_data(data, False)
+    final = evaluate(state, plan, cluster, post_hoc)
+    write_run_files(out_dir, cfg, state, final, test_overlays(state, plan, final.taus["main"][50]))
+    return RunResult(Path(out_dir), final.val, final.test, final.taus["main"], state.get("history", []))
 
 
 def outputs_text(output_dir: str | Path, methods: list[str], seed: int) -> str:
@@ -201,68 +214,50 @@ def outputs_text(output_dir: str | Path, methods: list[str], seed: int) -> str:
     return "\n".join(lines)
 
 
-def compare(base: RunConfig, methods: list[str], seeds: list[int], *, show_progress: bool = True, ray: str = "",
-            cpus_per_run: float = 1.0, synthetic: tuple[str | Path, object] | None = None,
-            tracking=None) -> Comparison:
-    """Train and test each method with each seed on ``base``'s data; outputs under ``base.output_dir``.
+def compare(job: CompareConfig) -> Comparison:
+    """Train and test each method with each seed on the job's data; outputs under ``job.output_dir``.
 
-    ``ray``: empty runs everything in this process; ``"local"`` starts a local Ray, ``"auto"``
-    (or an address) joins a cluster, and each (method, seed) run becomes a Ray task with
-    ``cpus_per_run`` CPUs. ``synthetic``: ``(folder, SyntheticConfig)`` when ``base.data`` is the
-    generated dataset, so that each task makes it on its node if missing. Per-run files are
-    written by the node that ran it (use a shared ``output_dir`` on a multi-node cluster); the
-    table (``comparison.md``, ``comparison.json``) is written here. ``tracking``: a
-    :class:`~bgwsol.tracking.runs.TrackingConfig`; with a URI (or ``MLFLOW_TRACKING_URI``) the table
-    and per-method means go to MLflow.
+    The data is sharded first (or the committed shards reused), as in the main job. Each
+    (method, seed) is :func:`run_one` in a Ray task of its own, so runs proceed side by side
+    as far as the cluster's CPUs (or GPUs) allow; each run's Ray Train checkpoints go to
+    ``cluster.storage_path`` (empty: ``<output_dir>/runs``), and a rerun continues the runs it
+    finds there. The table (``comparison.md``, ``comparison.json``) is written here; with a
+    tracking URI (or ``MLFLOW_TRACKING_URI``) the table and per-method means go to MLflow.
     """
-    plan = plan_runs(methods)
+    import ray
+
+    from bgwsol.data.shards.jobs import shard_sources
+    from bgwsol.data.storage import check_access
+    from bgwsol.ray_init import init_ray
+
+    plan = plan_runs(list(job.methods))
     post_hoc = {ph: source for source, phs in plan.items() for ph in phs}
-    out = Path(base.output_dir)
+    out = Path(job.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if synthetic is not None:
-        ensure_synthetic(*synthetic)
     t0 = time.time()
-    jobs = [(method, seed) for method in plan for seed in seeds]
-    results: dict[str, list[RunResult]] = {method: [] for method in plan}
-    if ray:
-        base = replace(base, **{"output_dir": _absolute(base.output_dir), "data.root": _absolute(base.data.root),
-                                "data.background": _absolute(base.data.background)})
-        synthetic = (_absolute(str(synthetic[0])), synthetic[1]) if synthetic is not None else None
-    configs = {(m, s): replace(base, **{"method.name": m, "train.seed": s,
-                                        "output_dir": str(Path(base.output_dir) / f"{m}-seed{s}")}) for m, s in jobs}
-    if ray:
-        import ray as ray_mod
-
-        from bgwsol.ray_init import RayConfig, init_ray
-
-        init_ray(RayConfig(address="" if ray == "local" else ray))
-        task = ray_mod.remote(num_cpus=cpus_per_run)(_ray_task)
-        threads = max(1, int(cpus_per_run))
-        refs = {task.remote(to_dict(configs[j]), plan[j[0]], synthetic, threads): j for j in jobs}
-        log.info("%d runs submitted to Ray (%s CPUs each)", len(refs), cpus_per_run)
-        done: dict[tuple[str, int], RunResult] = {}
-        pending = list(refs)
-        while pending:
-            ready, pending = ray_mod.wait(pending, num_returns=1)
-            job = refs[ready[0]]
-            done[job] = ray_mod.get(ready[0])
-            log.info("finished %s seed %d (%d of %d, %.0f s)", *job, len(done), len(jobs), time.time() - t0)
-        for job in jobs:
-            results[job[0]].append(done[job])
-    else:
-        splits = load_splits(base.data.dataset, base.data.root, base.data.background or None, base.data.val_fraction,
-                             base.data.max_reject_share)
-        log.info("data: %d train, %d val, %d test images, %d background, %d classes", len(splits.train),
-                 len(splits.val), len(splits.test), len(splits.background), len(splits.classes))
-        for job in jobs:
-            results[job[0]].append(run_one(configs[job], plan[job[0]], splits, show_progress=show_progress))
-    comparison = Comparison(results, post_hoc, list(methods))
+    init_ray(job.ray)
+    data = RunData(*shard_sources(job.dataset, job.source, job.background, job.shards_dir, job.etl))
+    cluster = replace(job.cluster, storage_path=check_access(job.cluster.storage_path or str(out / "runs"),
+                                                             writable=True).url)
+    runs = [(method, seed) for method in plan for seed in job.seeds]
+    task = ray.remote(num_cpus=0)(run_one)  # a driver per run; its Ray Train workers hold the resources
+    refs = {task.remote(replace(job.run, **{"method.name": m, "train.seed": s}), data, cluster, plan[m],
+                        str(out / f"{m}-seed{s}")): (m, s) for m, s in runs}
+    log.info("%d runs submitted (%d Ray Train worker(s) each)", len(refs), cluster.num_workers)
+    done: dict[tuple[str, int], RunResult] = {}
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        run = refs[ready[0]]
+        done[run] = ray.get(ready[0])
+        log.info("finished %s seed %d (%d of %d, %.0f s)", *run, len(done), len(runs), time.time() - t0)
+    results = {method: [done[(method, seed)] for seed in job.seeds] for method in plan}
+    comparison = Comparison(results, post_hoc, list(job.methods))
     (out / "comparison.md").write_text(comparison.markdown() + "\n")
-    (out / "comparison.json").write_text(json.dumps({"methods": list(methods), "seeds": list(seeds),
+    (out / "comparison.json").write_text(json.dumps({"methods": list(job.methods), "seeds": list(job.seeds),
                                                      "seconds": time.time() - t0, "goal": comparison.goal(),
                                                      "rows": comparison.rows()}, indent=2))
-    if tracking is not None:
-        log_comparison(comparison, base, seeds, tracking, out)
+    log_comparison(comparison, job.run, list(job.seeds), job.tracking, out)
     return comparison
 
 

@@ -31,7 +31,6 @@ from bgwsol.training.tune import SearchConfig
 
 log = logging.getLogger(__name__)
 
-THRESHOLD_FREE = ("maxboxacc_v2", "maxboxacc_iou70", "top1_cls", "pxap")
 TABLE_KEYS = ("maxboxacc_v2", "boxacc_v2_at_tau", "maxboxacc_iou70", "gt_known_loc", "top1_loc", "top1_cls", "pxap")
 
 
@@ -56,71 +55,11 @@ class PipelineConfig:
     etl: ShardConfig = field(default_factory=ShardConfig)
 
 
-def _shard_or_reuse(make_listings, url: str, dataset: str, etl: ShardConfig, source: str):
-    """The committed shard set at ``url`` if it was made from ``source`` with the same output
-    settings; else shard again. ``make_listings() -> (listings, classes, class_names)`` runs only
-    then, so a rerun does not list the source (ILSVRC in a bucket: ~1,300 LIST requests)."""
-    from bgwsol.data.shards.etl import write_shard_set
-    from bgwsol.data.shards.shardset import ShardSet, ShardSetError
-
-    try:
-        existing = ShardSet.open(url)
-        made_with = ShardConfig.output_settings(existing.manifest["etl"])
-        if existing.manifest.get("source") == source and made_with == ShardConfig.output_settings(etl):
-            log.info("reusing the committed shard set %s", url)
-            return existing
-    except ShardSetError:
-        pass
-    listings, classes, names = make_listings()
-    return write_shard_set(listings, url, dataset=dataset, classes=classes, class_names=names, cfg=etl, source=source)
-
-
 def prepare_shards(cfg: PipelineConfig) -> tuple[str, str]:
     """Shard the dataset and the background set (or reuse them); returns their URLs."""
-    from bgwsol.data.sources.background import read_background_folder
-    from bgwsol.data.shards.etl import SplitListing, dataset_listings, listing_rows
-    from bgwsol.data.storage import Location
+    from bgwsol.data.shards.jobs import shard_sources
 
-    source, background = cfg.source, cfg.background
-    if not source:
-        from bgwsol.data.sources.synthetic import SyntheticConfig, generate
-
-        paths = generate(Path("data/synthetic"), SyntheticConfig())
-        source = str(paths.cub if cfg.dataset == "cub" else paths.ilsvrc)
-        background = background or str(paths.background)
-    etl = replace(cfg.etl, val_fraction=cfg.run.data.val_fraction)
-    root = Location.parse(cfg.shards_dir)
-    data = _shard_or_reuse(lambda: dataset_listings(cfg.dataset, source, etl.val_fraction),
-                           root.join(cfg.dataset).url, cfg.dataset, etl, Location.parse(source).url)
-    bg = _shard_or_reuse(
-        lambda: ([SplitListing("background", listing_rows(read_background_folder(background), []))], [], None),
-        root.join("background").url, "background", etl, Location.parse(background).url)
-    return data.location.url, bg.location.url
-
-
-def evaluate_on_split(state: dict, shards_url: str, split: str, taus: dict[int, float]) -> dict[str, float]:
-    """Metrics of a checkpoint on one split of a shard set, at the given operating thresholds."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from bgwsol.config import from_dict
-    from bgwsol.data.loader import EvalStream, collate_eval, normalize
-    from bgwsol.data.shards.shardset import ShardSet
-    from bgwsol.evaluation.evaluator import evaluate
-    from bgwsol.methods import build_method
-    from bgwsol.training.engine import build_model, map_variants
-
-    cfg = from_dict(RunConfig, state["config"])
-    method = build_method(cfg.method)
-    model = build_model(cfg, len(state["classes"]), method)
-    model.load_state_dict(state["model"])
-    shards = ShardSet.open(shards_url)
-    loader = DataLoader(EvalStream(shards.urls(split), input_size=cfg.data.input_size), batch_size=64,
-                        collate_fn=collate_eval)
-    variants = map_variants(method)
-    with torch.no_grad():
-        evals = evaluate(model, variants, loader, None, cfg.eval, preprocess=normalize)
-    return {name: ev.summary(taus) for name, ev in evals.items()}
+    return shard_sources(cfg.dataset, cfg.source, cfg.background, cfg.shards_dir, cfg.etl)
 
 
 def markdown_table(rows: dict[str, dict[str, float]]) -> str:
@@ -135,7 +74,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from bgwsol.tracking import local_server as mlflow_server
     from bgwsol.ray_init import RayConfig, init_ray
     from bgwsol.data.shards.shardset import ShardSet
-    from bgwsol.training.distributed import best_checkpoint, fit, identity_tag
+    from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag
+    from bgwsol.training.engine import RunData, plan_data
     from bgwsol.tracking.model_registry import log_and_register
     from bgwsol.tracking.runs import check_tracking, resolve_uri
     from bgwsol.training.tune import params_of, run_search
@@ -150,9 +90,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         server = mlflow_server.launch(out / "mlflow")
     try:
         init_ray(RayConfig())
-        data_url, bg_url = prepare_shards(cfg)
-        base = replace(cfg.run, **{"data.dataset": cfg.dataset, "data.shards": data_url,
-                                   "data.background_shards": bg_url})
+        data = RunData(*prepare_shards(cfg))
+        base = cfg.run
         if server is not None:
             tracking = replace(tracking, tracking_uri=server.wait_ready().url)
             ui = server.ui_command()
@@ -162,28 +101,24 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             cam_cfg = replace(base, **{"method.name": cfg.baseline})
             # the name carries the training's identity: a rerun continues the same baseline, a changed
             # config starts a new one instead of being refused
-            tag = identity_tag(cam_cfg, ShardSet.open(data_url).digest)
-            cam = fit(cam_cfg, replace(cfg.cluster, run_name=f"{cfg.baseline}-{cfg.dataset}-{tag}"), tracking=tracking)
-            state, metrics = best_checkpoint(cam)
-            taus = {iou: metrics[f"val_tau{iou}"] for iou in base.eval.iou_thresholds}
-            test[cfg.baseline] = evaluate_on_split(state, data_url, "test", taus)["main"]
-            rows[cfg.baseline] = test[cfg.baseline]
+            tag = identity_tag(cam_cfg, ShardSet.open(data.shards).digest)
+            cam = fit(cam_cfg, data, replace(cfg.cluster, run_name=f"{cfg.baseline}-{cfg.dataset}-{tag}"),
+                      tracking=tracking)
+            state, _ = best_checkpoint(cam)
+            final = evaluate(state, plan_data(data, False), cfg.cluster)
+            test[cfg.baseline] = rows[cfg.baseline] = final.test["main"]
         # the first trial is the configured default, the rest are Optuna's proposals
-        outcome = run_search(base, cfg.cluster, tracking, cfg.search, name=f"tune-bgwsol-{cfg.dataset}",
+        outcome = run_search(base, data, cfg.cluster, tracking, cfg.search, name=f"tune-bgwsol-{cfg.dataset}",
                              points_to_evaluate=[params_of(base)])
         state, metrics = best_checkpoint(outcome.best_run())
-        taus = {iou: metrics[f"val_tau{iou}"] for iou in base.eval.iou_thresholds}
+        final = evaluate(state, plan_data(data, False), cfg.cluster)
         registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
                                         name=cfg.model_name or f"bgwsol-{cfg.dataset}", metric=metrics["score"],
-                                        tau=taus[50])
-        bg_test = evaluate_on_split(state, data_url, "test", taus)
-        test["bgwsol"] = bg_test["main"]
-        rows["bgwsol (tuned)"] = bg_test["main"]
+                                        taus=final.taus["main"])
+        test["bgwsol"] = rows["bgwsol (tuned)"] = final.test["main"]
         for variant in ("cam_only", "mask_only"):
-            if variant in bg_test:
-                # only threshold-free columns: the thresholds were chosen on validation for the main map
-                rows[f"bgwsol ({variant.replace('_', ' ')})"] = {k: v for k, v in bg_test[variant].items()
-                                                                 if k in THRESHOLD_FREE}
+            if variant in final.test:  # each map at the thresholds it chose on validation
+                rows[f"bgwsol ({variant.replace('_', ' ')})"] = final.test[variant]
         table = markdown_table(rows)
         (out / "comparison.md").write_text(table + "\n")
         (out / "results.json").write_text(json.dumps({"test": test, "best_params": outcome.best_params,
@@ -276,16 +211,16 @@ def parse_flow_args(defaults: PipelineConfig, doc: str, argv: list[str] | None =
 
 def pipeline_problems(cfg: PipelineConfig) -> list[str]:
     """Everything that can be checked before the main job shards, starts a server or trains."""
-    from bgwsol.workflows.preflight import methods_problems, path_problem, run_config_problems
+    from bgwsol.workflows.preflight import (cluster_problems, methods_problems, run_config_problems,
+                                            sources_problems)
 
     problems = run_config_problems(cfg.run, "run.")
-    problems += methods_problems(["bgwsol"] + ([cfg.baseline] if cfg.baseline else []), cfg.run, "run.")
-    problems += [p for p in (path_problem("--source", cfg.source), path_problem("--background", cfg.background)) if p]
-    if cfg.cluster.num_workers < 1:
-        problems.append(f"--cluster.num_workers {cfg.cluster.num_workers}: must be >= 1")
-    elif cfg.run.train.batch_size < cfg.cluster.num_workers:
-        problems.append(f"--run.train.batch_size {cfg.run.train.batch_size}: the global batch must hold at least one "
-                        f"image per worker (--cluster.num_workers {cfg.cluster.num_workers})")
+    problems += methods_problems(["bgwsol"] + ([cfg.baseline] if cfg.baseline else []), cfg.source, cfg.background)
+    problems += sources_problems(cfg.source, cfg.background, cfg.etl)
+    problems += cluster_problems(cfg.cluster, cfg.run.train.batch_size)
+    if cfg.cluster.run_name:
+        problems.append(f"--cluster.run_name {cfg.cluster.run_name!r}: the main job names its runs itself (the "
+                        f"baseline by a hash of its configuration, the Tune trials by trial id)")
     if cfg.search.num_samples < 1:
         problems.append(f"--search.num_samples {cfg.search.num_samples}: must be >= 1")
     return problems
@@ -296,7 +231,6 @@ def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
     """Entry of ``flows/train_*.py``: parse, write ``pipeline.yaml``, run, print the report."""
     import time
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_flow_args(defaults, doc, argv, demo)
     problems = pipeline_problems(cfg)
     if problems:

@@ -51,10 +51,7 @@ def run_config_problems(cfg: RunConfig, prefix: str = "") -> list[str]:
     need(t.eval_every >= 1, "train.eval_every", t.eval_every, "must be >= 1")
     need(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
     need(0 <= d.bg_ratio < 1, "data.bg_ratio", d.bg_ratio, "must be in [0, 1)")
-    need(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
     need(d.input_size >= 16, "data.input_size", d.input_size, "must be >= 16 pixels")
-    need(0 <= d.max_reject_share <= 1, "data.max_reject_share", d.max_reject_share, "must be in [0, 1]")
-    need(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
     need(0 < e.cam_curve_interval < 1, "eval.cam_curve_interval", e.cam_curve_interval, "must be in (0, 1)")
     need(len(e.iou_thresholds) > 0 and all(1 <= v <= 99 for v in e.iou_thresholds), "eval.iou_thresholds",
          list(e.iou_thresholds), "each must be in 1..99 (percent)")
@@ -71,23 +68,56 @@ def run_config_problems(cfg: RunConfig, prefix: str = "") -> list[str]:
                  "bas_lambda_area", "bas_lambda_fg"):
         need(getattr(meth, name) >= 0, f"method.{name}", getattr(meth, name), "must be >= 0")
     need(meth.mask_warmup_epochs >= 0, "method.mask_warmup_epochs", meth.mask_warmup_epochs, "must be >= 0")
-    out += [p for p in (path_problem(f"{flag}data.root", d.root), path_problem(f"{flag}data.background",
-                                                                                d.background)) if p]
     return out
 
 
-def methods_problems(methods: list[str], cfg: RunConfig, prefix: str = "") -> list[str]:
-    """Unknown names among ``methods``, and a method that needs background images without a
-    background set (``data.background``)."""
+def methods_problems(methods: list[str], source: str, background: str) -> list[str]:
+    """Unknown names among ``methods``, and a method that needs background images with a real
+    ``source`` but no ``background`` (the embedded synthetic dataset brings its own)."""
     from bgwsol.methods import METHODS
 
     out = []
     for name in methods:
         if name not in METHODS:
             out.append(f"method {name!r}: unknown; known: {', '.join(sorted(METHODS))}")
-        elif METHODS[name].uses_background and cfg.data.root and not cfg.data.background:
-            out.append(f"method {name!r} needs background images: set --{prefix}data.background")
+        elif METHODS[name].uses_background and source and not background:
+            out.append(f"method {name!r} needs background images: set --background")
     return out
+
+
+def sources_problems(source: str, background: str, etl) -> list[str]:
+    """The dataset and background paths that must exist, and the ETL's ranges (``--etl.*``)."""
+    out = [p for p in (path_problem("--source", source), path_problem("--background", background)) if p]
+    if not 0 < etl.val_fraction < 1:
+        out.append(f"--etl.val_fraction {etl.val_fraction!r}: must be in (0, 1)")
+    if not 0 <= etl.max_reject_share <= 1:
+        out.append(f"--etl.max_reject_share {etl.max_reject_share!r}: must be in [0, 1]")
+    return out
+
+
+def cluster_problems(cluster, batch_size: int) -> list[str]:
+    """Worker counts that cannot train ``batch_size`` (the global batch is split evenly over the workers)."""
+    if cluster.num_workers < 1:
+        return [f"--cluster.num_workers {cluster.num_workers}: must be >= 1"]
+    if batch_size % cluster.num_workers:
+        return [f"--run.train.batch_size {batch_size}: the global batch is split evenly over the workers, so it must "
+                f"be a multiple of --cluster.num_workers {cluster.num_workers}"]
+    return []
+
+
+def compare_problems(job) -> list[str]:
+    """Everything :func:`bgwsol.workflows.compare.compare` needs, checked before any work."""
+    problems = run_config_problems(job.run, "run.") + methods_problems(list(job.methods), job.source, job.background)
+    problems += sources_problems(job.source, job.background, job.etl) + cluster_problems(job.cluster,
+                                                                                         job.run.train.batch_size)
+    if not job.seeds:
+        problems.append("--seeds: give at least one seed")
+    if not job.methods:
+        problems.append("--methods: give at least one method")
+    if job.cluster.run_name:
+        problems.append(f"--cluster.run_name {job.cluster.run_name!r}: the comparison names each run itself "
+                        f"(method, seed and a hash of its configuration)")
+    return problems
 
 
 def report(problems: list[str], stream=None) -> int:

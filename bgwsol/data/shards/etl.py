@@ -248,27 +248,31 @@ def write_tar(rows: list[dict], fileobj) -> tuple[int, str]:
 
 def _shard_datasink_class():
     # built lazily: importing ray.data at module import would be an import-time side effect
-    from ray.data._internal.datasource.webdataset_datasink import WebDatasetDatasink
+    import pyarrow as pa
+    from ray.data import Datasink
     from ray.data.block import BlockAccessor
-    from ray.data._internal.delegating_block_builder import DelegatingBlockBuilder
 
-    class ShardDatasink(WebDatasetDatasink):
-        """``write_webdataset``'s datasink, writing ``<split>-%06d.tar`` per listing shard.
+    class ShardDatasink(Datasink):
+        """A Ray Data datasink writing ``<split>-%06d.tar`` per listing shard into ``location``.
 
         Each write task returns, per shard it holds, ``{"name", "count", "bytes", "sha256",
         "clipped", "rejects": [{"key", "path", "reason"}]}``; :attr:`results` collects them on the driver.
         """
 
         def __init__(self, location: Location, split: str):
-            super().__init__(location.fs_path, encoder=None, filesystem=location.filesystem())
+            self.path, self.filesystem = location.fs_path, location.filesystem()
             self.split = split
             self.results: list[dict] = []
 
+        def on_write_start(self, schema=None) -> None:
+            self.filesystem.create_dir(self.path, recursive=True)
+
+        def open_output_stream(self, path: str):
+            return self.filesystem.open_output_stream(path)
+
         def write(self, blocks, ctx) -> list[dict]:
-            builder = DelegatingBlockBuilder()
-            for block in blocks:
-                builder.add_block(block)
-            rows = BlockAccessor.for_block(builder.build()).to_arrow().to_pylist()
+            tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
+            rows = pa.concat_tables(tables, promote_options="default").to_pylist() if tables else []
             by_shard: dict[int, list[dict]] = {}
             for row in rows:
                 by_shard.setdefault(row["__shard__"], []).append(row)

@@ -43,6 +43,44 @@ class BackgroundShardJob:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+def shard_or_reuse(make_listings, url: str, dataset: str, etl: ShardConfig, source: str) -> ShardSet:
+    """The committed shard set at ``url`` if it was made from ``source`` with the same output
+    settings; else shard again. ``make_listings() -> (listings, classes, class_names)`` runs only
+    then, so a rerun does not list the source (ILSVRC in a bucket: ~1,300 LIST requests)."""
+    from bgwsol.data.shards.shardset import ShardSetError
+
+    try:
+        existing = ShardSet.open(url)
+        made_with = ShardConfig.output_settings(existing.manifest["etl"])
+        if existing.manifest.get("source") == source and made_with == ShardConfig.output_settings(etl):
+            log.info("reusing the committed shard set %s", url)
+            return existing
+    except ShardSetError:
+        pass
+    listings, classes, names = make_listings()
+    return write_shard_set(listings, url, dataset=dataset, classes=classes, class_names=names, cfg=etl, source=source)
+
+
+def shard_sources(dataset: str, source: str, background: str, shards_dir: str, etl: ShardConfig) -> tuple[str, str]:
+    """Shard a dataset and a background folder under ``shards_dir`` (``<dataset>/`` and
+    ``background/``), or reuse what is committed there; returns the two shard-set URLs. An
+    empty ``source`` is the embedded synthetic dataset of that layout (and its background set
+    when ``background`` is empty too). Needs Ray (the ETL is Ray Data)."""
+    from bgwsol.data.sources.background import read_background_folder
+
+    if not source:
+        paths = _synthetic()
+        source = str(paths.cub if dataset == "cub" else paths.ilsvrc)
+        background = background or str(paths.background)
+    root = Location.parse(shards_dir)
+    data = shard_or_reuse(lambda: dataset_listings(dataset, source, etl.val_fraction), root.join(dataset).url, dataset,
+                          etl, Location.parse(source).url)
+    bg = shard_or_reuse(
+        lambda: ([SplitListing("background", listing_rows(read_background_folder(background), []))], [], None),
+        root.join("background").url, "background", etl, Location.parse(background).url)
+    return data.location.url, bg.location.url
+
+
 def _synthetic():
     from bgwsol.data.sources.synthetic import SyntheticConfig, generate
 
@@ -102,7 +140,6 @@ def flow_main(job_cls: type, defaults, description: str, run, argv: list[str] | 
 
     from bgwsol.config import add_config_args, config_from_args
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, job_cls, defaults)
     job = config_from_args(job_cls, parser.parse_args(argv), defaults)
