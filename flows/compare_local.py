@@ -3,8 +3,9 @@
 ``flows/compare_methods.py`` with these defaults: methods ``cam bgwsol``, seed 0, output
 under ``outputs/compare_local``; any of its flags may be given and wins (see its ``--help``).
 With no ``--source`` it first generates the synthetic dataset in the real ILSVRC layout and
-shards it, trains each method with each seed (Ray Train on a local Ray, one worker per run), chooses checkpoint and thresholds on the validation
-split, reads the test split once and prints one table.
+shards it, trains each method with each seed (Ray Train on a local Ray, one worker per run),
+chooses checkpoint and thresholds on the validation split, reads the test split once and
+prints one table.
 
     python flows/compare_local.py                       # the embedded default
     python flows/compare_local.py --seeds 0 1 2 --output_dir outputs/bench3

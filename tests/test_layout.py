@@ -79,3 +79,19 @@ def test_library_code_sets_up_no_logging_and_writes_no_environment():
                                                                           "os.putenv"):
                 found.append(f"{name}:{node.lineno} writes os.environ")
     assert found == []
+
+
+def test_no_private_api_of_ray_or_webdataset():
+    """Ray Data's datasink and webdataset's shuffle are used through their public names
+    (``ray.data.Datasink``, ``webdataset.shuffle``); private ones change without notice."""
+    found = []
+    for name, tree in modules():
+        for target, line in imported(tree):
+            if target.startswith(("ray.", "webdataset.")) and any(part.startswith("_") for part in target.split(".")):
+                found.append(f"{name}:{line} imports {target}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                base = ast.unparse(node.value)
+                if base.split(".")[0] in ("wds", "webdataset", "ray"):
+                    found.append(f"{name}:{node.lineno} uses {base}.{node.attr}")
+    assert found == []

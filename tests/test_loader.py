@@ -161,3 +161,16 @@ def test_train_stream_reads_s3_shards(tmp_path, bucket):
         urls.append(loc.url)
     stream = TrainStream(urls, None, batch_size=4, bg_ratio=0, steps_per_epoch=3, input_size=16)
     assert len(list(DataLoader(stream, batch_size=None, num_workers=2))) == 3
+
+
+def test_batches_mix_classes_from_the_first_step_of_a_class_sorted_shard(tmp_path):
+    """Shards store members in key order, which is class order for ILSVRC and CUB: the shuffle
+    buffer must be full before the first batch, or early batches hold one or two classes."""
+    per_class, classes = 60, 4
+    urls = write_shards(tmp_path, "sorted", [per_class * classes], label_of=lambda i: i // per_class)
+    stream = TrainStream(urls, None, batch_size=16, bg_ratio=0.0, steps_per_epoch=4, input_size=16, seed=0)
+    batches = list(DataLoader(stream, batch_size=None))
+    for b in batches:
+        assert len(set(b["label"].tolist())) >= 3, b["label"].tolist()
+    seen = torch.cat([b["label"] for b in batches])
+    assert torch.bincount(seen, minlength=classes).min() >= 8  # every class, near its share of 16 of 64

@@ -98,7 +98,11 @@ def _raw_samples(urls: list[str], *, resampled: bool, seed: int, shuffle_buffer:
         shards = [{"url": u} for u in mine]
     stream = wds.tarfile_to_samples(handler=handler)(shards)
     if shuffle_buffer > 1:
-        stream = wds.shuffle(bufsize=shuffle_buffer, initial=min(shuffle_buffer, 100),
+        # the buffer is filled before the first sample leaves it: a shard's members are stored in
+        # key order, which is class order for ILSVRC and CUB, so a partly filled buffer (webdataset's
+        # default starts at 100) gives batches of one or two classes until it fills; on a small
+        # dataset in one shard that is most of every epoch, and the classifier does not learn
+        stream = wds.shuffle(bufsize=shuffle_buffer, initial=shuffle_buffer,
                              rng=random.Random(seed * 7919 + epoch * 31 + rank * 1000 + worker))(stream)
     return stream
 

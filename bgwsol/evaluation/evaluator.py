@@ -8,11 +8,9 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from bgwsol.evaluation.boxes import resize_boxes
 from bgwsol.config import EvalConfig
-from bgwsol.data.sources.records import Sample
 from bgwsol.methods.base import Method, minmax
 from bgwsol.evaluation.metrics import BoxAccumulator, ClassificationAccumulator, PxAPAccumulator, cam_thresholds, mean_over
 
@@ -21,12 +19,6 @@ def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
     """``(B, h, w)`` -> ``(B, size, size)`` bicubic, re-normalized to [0, 1] (bicubic overshoots)."""
     up = F.interpolate(maps[:, None].float(), size=(size, size), mode="bicubic", align_corners=False)[:, 0]
     return minmax(up).clamp_(0, 1)
-
-
-def load_mask(path, size: int) -> np.ndarray:
-    """Ground-truth mask PNG -> ``(size, size)`` bool (nearest-neighbour resize)."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 127
 
 
 @dataclass
@@ -70,19 +62,9 @@ def new_evaluation(cfg: EvalConfig, with_masks: bool) -> SplitEvaluation:
                            pxap=PxAPAccumulator(thr) if with_masks else None)
 
 
-def batch_targets(batch: dict, samples: list[Sample] | None, size: int):
-    """Per image of ``batch``: ``(image_id, gt boxes at size x size, bool mask or None)``.
-
-    Batches from :class:`~bgwsol.data.images.SampleDataset` carry ``index`` into ``samples``;
-    batches from the shard :class:`~bgwsol.data.loader.EvalStream` carry ``key``, ``boxes``,
-    ``size`` and ``mask`` themselves.
-    """
-    if "index" in batch:
-        for idx in np.asarray(batch["index"]):
-            s = samples[int(idx)]
-            mask = load_mask(s.mask_path, size) if s.mask_path is not None else None
-            yield s.image_id, resize_boxes(s.boxes, s.size, (size, size)), mask
-        return
+def batch_targets(batch: dict, size: int):
+    """Per image of an :class:`~bgwsol.data.loader.EvalStream` batch: ``(image_id, gt boxes at
+    size x size, bool mask or None)``; boxes are mapped with wsolevaluation's truncation."""
     for key, boxes, wh, mask in zip(batch["key"], batch["boxes"], batch["size"], batch["mask"]):
         if mask is not None:
             m = torch.as_tensor(mask)
@@ -93,9 +75,8 @@ def batch_targets(batch: dict, samples: list[Sample] | None, size: int):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterable[dict],
-             samples: list[Sample] | None, cfg: EvalConfig, device: torch.device | str = "cpu",
-             preprocess=None) -> dict[str, SplitEvaluation]:
+def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterable[dict], cfg: EvalConfig,
+             device: torch.device | str = "cpu", preprocess=None) -> dict[str, SplitEvaluation]:
     """Score every image of a split under each named map variant (``methods``).
 
     The map for each image uses its ground-truth class (GT-known, as wsolevaluation);
@@ -115,7 +96,7 @@ def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterabl
         logits = outputs["logits"].float().cpu().numpy()
         maps_np = {name: upsample_maps(m.scoremaps(outputs, labels), size).cpu().numpy() for name, m in methods.items()}
         hits = {name: ev.cls.accumulate(logits, labels.cpu().numpy()) for name, ev in evals.items()}
-        for j, (image_id, gt, mask) in enumerate(batch_targets(batch, samples, size)):
+        for j, (image_id, gt, mask) in enumerate(batch_targets(batch, size)):
             for name, ev in evals.items():
                 hit1, hit5 = hits[name]
                 ev.boxes.accumulate(maps_np[name][j], gt, image_id=image_id,
@@ -142,7 +123,7 @@ def overlay_grid(model: torch.nn.Module, methods: dict[str, Method], batch: dict
     pixels = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
     pixels = pixels.clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     sub = {k: (v[:count] if isinstance(v, list) else v) for k, v in batch.items()}
-    targets = list(batch_targets(sub, None, size))
+    targets = list(batch_targets(sub, size))
     tiles = []
     for m in methods.values():
         maps = upsample_maps(m.scoremaps(outputs, labels), size).cpu().numpy()

@@ -249,7 +249,7 @@ def evaluate_part(model: torch.nn.Module, variants: dict[str, Method], urls: lis
     :func:`gather_evaluations` or ``SplitEvaluation.merge``)."""
     from bgwsol.data.loader import normalize
 
-    return evaluate(model, variants, eval_loader(urls, input_size, worker), None, eval_cfg, worker.device,
+    return evaluate(model, variants, eval_loader(urls, input_size, worker), eval_cfg, worker.device,
                     preprocess=normalize)
 
 

@@ -214,6 +214,17 @@ def outputs_text(output_dir: str | Path, methods: list[str], seed: int) -> str:
     return "\n".join(lines)
 
 
+def runs_at_once(cluster: ClusterConfig) -> int:
+    """Runs whose workers fit the cluster together (its CPUs, or GPUs with ``use_gpu``): more would
+    only start drivers that wait, each holding a Python process with torch loaded."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if cluster.use_gpu:
+        return max(1, int(resources.get("GPU", 1) // cluster.num_workers))
+    return max(1, int(resources.get("CPU", 1) // (cluster.num_workers * cluster.cpus_per_worker)))
+
+
 def compare(job: CompareConfig) -> Comparison:
     """Train and test each method with each seed on the job's data; outputs under ``job.output_dir``.
 
@@ -241,14 +252,18 @@ def compare(job: CompareConfig) -> Comparison:
                                                              writable=True).url)
     runs = [(method, seed) for method in plan for seed in job.seeds]
     task = ray.remote(num_cpus=0)(run_one)  # a driver per run; its Ray Train workers hold the resources
-    refs = {task.remote(replace(job.run, **{"method.name": m, "train.seed": s}), data, cluster, plan[m],
-                        str(out / f"{m}-seed{s}")): (m, s) for m, s in runs}
-    log.info("%d runs submitted (%d Ray Train worker(s) each)", len(refs), cluster.num_workers)
+    at_once = runs_at_once(cluster)
+    log.info("%d runs, %d at a time (%d Ray Train worker(s) each)", len(runs), at_once, cluster.num_workers)
     done: dict[tuple[str, int], RunResult] = {}
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        run = refs[ready[0]]
+    waiting, in_flight = list(runs), {}
+    while waiting or in_flight:
+        while waiting and len(in_flight) < at_once:
+            m, s = waiting.pop(0)
+            ref = task.remote(replace(job.run, **{"method.name": m, "train.seed": s}), data, cluster, plan[m],
+                              str(out / f"{m}-seed{s}"))
+            in_flight[ref] = (m, s)
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        run = in_flight.pop(ready[0])
         done[run] = ray.get(ready[0])
         log.info("finished %s seed %d (%d of %d, %.0f s)", *run, len(done), len(runs), time.time() - t0)
     results = {method: [done[(method, seed)] for seed in job.seeds] for method in plan}
