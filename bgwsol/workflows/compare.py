@@ -16,12 +16,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from bgwsol.config import RunConfig, flatten, option, replace, to_dict
 from bgwsol.data.shards.etl import ShardConfig
+from bgwsol.data.shards.jobs import DataSources
 from bgwsol.ray_init import RayConfig
 from bgwsol.tracking.runs import TrackingConfig
 from bgwsol.training.distributed import ClusterConfig
@@ -167,16 +167,9 @@ class Comparison:
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(DataSources):
     """A comparison: the data (as the main job takes it), the methods and seeds, and one run config."""
 
-    dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "dataset layout of --source: ilsvrc | cub")
-    source: str = option("", "dataset root in its own layout, a folder or s3://bucket/prefix; empty: the embedded "
-                             "synthetic dataset of that layout")
-    background: str = option("", "background image folder (local or s3://bucket/prefix); empty: the synthetic "
-                                 "background set")
-    shards_dir: str = option("data/shards", "where shards go (local folder or s3://bucket/prefix); "
-                                            "<dataset>/ and background/ below it; reused when already there")
     output_dir: str = option("outputs/compare_methods", "the table, and a folder per (method, seed)")
     methods: tuple[str, ...] = option(("cam", "eigencam", "bas", "bgwsol"),
                                       "methods to compare; post-hoc ones (eigencam) are scored on their source's runs")

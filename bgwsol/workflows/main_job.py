@@ -21,10 +21,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from bgwsol.config import RunConfig, option, replace
 from bgwsol.data.shards.etl import ShardConfig
+from bgwsol.data.shards.jobs import DataSources
 from bgwsol.training.distributed import ClusterConfig
 from bgwsol.tracking.runs import TrackingConfig
 from bgwsol.training.tune import SearchConfig
@@ -35,17 +35,10 @@ TABLE_KEYS = ("maxboxacc_v2", "boxacc_v2_at_tau", "maxboxacc_iou70", "gt_known_l
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(DataSources):
     """Everything the main job needs; every field is a command-line flag."""
 
-    dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "dataset layout of --source: ilsvrc | cub")
     output_dir: str = option("outputs/train_ilsvrc", "tables, logs and the local MLflow store")
-    source: str = option("", "dataset root in its own layout, a folder or s3://bucket/prefix; empty: the embedded "
-                             "synthetic dataset of that layout")
-    background: str = option("", "background image folder (local or s3://bucket/prefix); empty: the synthetic "
-                                 "background set")
-    shards_dir: str = option("data/shards", "where shards go (local folder or s3://bucket/prefix); "
-                             "<dataset>/ and background/ below it")
     model_name: str = option("", "registered model name (empty: bgwsol-<dataset>)")
     baseline: str = option("cam", "baseline method trained once beside the search ('' to skip)")
     run: RunConfig = field(default_factory=RunConfig)

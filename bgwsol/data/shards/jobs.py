@@ -18,6 +18,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class DataSources:
+    """Where a training job's images come from and where their shards go (the main job's and the
+    comparison's first flags; :func:`shard_sources` turns them into two shard sets)."""
+
+    dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "dataset layout of --source: ilsvrc | cub")
+    source: str = option("", "dataset root in its own layout, a folder or s3://bucket/prefix; empty: the embedded "
+                             "synthetic dataset of that layout")
+    background: str = option("", "background image folder (local or s3://bucket/prefix); empty: the synthetic "
+                                 "background set")
+    shards_dir: str = option("data/shards", "where shards go (local folder or s3://bucket/prefix): <dataset>/ and "
+                                            "background/ below it, reused when committed there with the same settings")
+
+
+@dataclass
 class DatasetShardJob:
     """Shard ILSVRC or CUB (train, validation held out from train, test) into ``output``."""
 
