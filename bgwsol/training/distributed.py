@@ -258,16 +258,11 @@ def evaluate(state: dict, plan: DataPlan, cluster: ClusterConfig, post_hoc: list
     import ray
 
     from bgwsol.checkpoint import inference_state
-    from bgwsol.training.engine import summarize
+    from bgwsol.training.engine import merge_evaluations, summarize
 
     task = ray.remote(num_cpus=cluster.cpus_per_worker, num_gpus=1 if cluster.use_gpu else 0)(_evaluate_part)
     state_ref = ray.put(inference_state(state))
     world = cluster.num_workers
     parts = ray.get([task.remote(state_ref, plan, rank, world, list(post_hoc), max(1, int(cluster.cpus_per_worker)))
                      for rank in range(world)])
-    val, test = parts[0]
-    for other_val, other_test in parts[1:]:
-        for name in val:
-            val[name].merge(other_val[name])
-            test[name].merge(other_test[name])
-    return summarize(val, test)
+    return summarize(merge_evaluations([val for val, _ in parts]), merge_evaluations([test for _, test in parts]))

@@ -217,6 +217,15 @@ def _set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------- evaluation
 
 
+def merge_evaluations(parts: list[dict[str, SplitEvaluation]]) -> dict[str, SplitEvaluation]:
+    """The ranks' evaluations (one dict of map variant -> accumulators per rank) added into one."""
+    merged = parts[0]
+    for part in parts[1:]:
+        for name, ev in part.items():
+            merged[name].merge(ev)
+    return merged
+
+
 def gather_evaluations(local: dict[str, SplitEvaluation]) -> dict[str, SplitEvaluation]:
     """Merge every rank's evaluations (torch.distributed object gather); all ranks get the sum.
     A no-op outside a process group of more than one rank."""
@@ -226,11 +235,7 @@ def gather_evaluations(local: dict[str, SplitEvaluation]) -> dict[str, SplitEval
         return local
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, local)
-    merged = parts[0]
-    for part in parts[1:]:
-        for name, ev in part.items():
-            merged[name].merge(ev)
-    return merged
+    return merge_evaluations(parts)
 
 
 def eval_loader(urls: list[str], input_size: int, worker: Worker):
@@ -411,7 +416,7 @@ def train_one_epoch(training: Training, loader, epoch: int, logger: EpochLogger 
             **{f"train_{k}": v / training.steps_per_epoch for k, v in sums.items()}}
 
 
-def validate(training: Training) -> tuple[dict[str, float], SplitEvaluation]:
+def validate(training: Training) -> dict[str, float]:
     """The method's own map on the validation split, merged over the ranks: metrics prefixed
     ``val_``, the thresholds chosen there (``val_tau<IoU>``) and ``val_missing``, the images
     that could not be scored (in damaged shards or corrupt)."""
@@ -427,7 +432,7 @@ def validate(training: Training) -> tuple[dict[str, float], SplitEvaluation]:
     if record["val_missing"] and training.worker.rank == 0:
         log.warning("validation scored %d of %d images (%d in damaged shards or corrupt)", int(val.get("num_images", 0)),
                     plan.expected["val"], record["val_missing"])
-    return record, merged
+    return record
 
 
 def checkpoint_state(training: Training, epoch: int, improved: bool) -> dict:
@@ -476,7 +481,7 @@ def train(cfg: RunConfig, plan: DataPlan, worker: Worker, session: Session, logg
         stream.set_epoch(epoch)
         record = train_one_epoch(training, loader, epoch, logger)
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            record.update(validate(training)[0])
+            record.update(validate(training))
             if logger is not None:
                 overlays = overlays or overlay_batch(plan.val, cfg.data.input_size)
                 log_overlays(training, logger, overlays, record.get("val_tau50", 0.5), epoch)

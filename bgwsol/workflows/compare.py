@@ -25,7 +25,7 @@ from bgwsol.data.shards.jobs import DataSources
 from bgwsol.ray_init import RayConfig
 from bgwsol.tracking.runs import TrackingConfig
 from bgwsol.training.distributed import ClusterConfig
-from bgwsol.training.engine import RunData
+from bgwsol.training.engine import DataPlan, RunData
 
 
 @dataclass
@@ -181,18 +181,17 @@ class CompareConfig(DataSources):
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-def run_one(cfg: RunConfig, data: RunData, cluster: ClusterConfig, post_hoc: list[str], out_dir: str) -> RunResult:
-    """One (method, seed) through the main job's path: a Ray Train run of ``cfg`` (resumed when
+def run_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfig, post_hoc: list[str],
+            out_dir: str) -> RunResult:
+    """One (method, seed) through the main job's path (``plan``: the shard lists scoring reads): a Ray Train run of ``cfg`` (resumed when
     its run name exists), its best checkpoint by validation, then validation (thresholds per map)
     and test on the workers; ``post_hoc`` maps are scored on the same model in the same passes.
     Writes config.yaml, history.jsonl, results.json and overlays_test.png into ``out_dir``."""
-    from bgwsol.data.shards.shardset import ShardSet
     from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag
-    from bgwsol.training.engine import plan_data, test_overlays, write_run_files
+    from bgwsol.training.engine import test_overlays, write_run_files
 
-    name = f"{cfg.method.name}-seed{cfg.train.seed}-{identity_tag(cfg, ShardSet.open(data.shards).digest)}"
+    name = f"{cfg.method.name}-seed{cfg.train.seed}-{identity_tag(cfg, plan.digest)}"
     state, _ = best_checkpoint(fit(cfg, data, replace(cluster, run_name=name)))
-    plan = plan_data(data, False)
     final = evaluate(state, plan, cluster, post_hoc)
     write_run_files(out_dir, cfg, state, final, test_overlays(state, plan, final.taus["main"][50]))
     return RunResult(Path(out_dir), final.val, final.test, final.taus["main"], state.get("history", []))
@@ -233,6 +232,7 @@ def compare(job: CompareConfig) -> Comparison:
     from bgwsol.data.shards.jobs import shard_sources
     from bgwsol.data.storage import check_access
     from bgwsol.ray_init import init_ray
+    from bgwsol.training.engine import plan_data
 
     plan = plan_runs(list(job.methods))
     post_hoc = {ph: source for source, phs in plan.items() for ph in phs}
@@ -241,6 +241,7 @@ def compare(job: CompareConfig) -> Comparison:
     t0 = time.time()
     init_ray(job.ray)
     data = RunData(*shard_sources(job.dataset, job.source, job.background, job.shards_dir, job.etl))
+    scoring = plan_data(data, False)  # the intact validation and test shards, listed once for every run
     cluster = replace(job.cluster, storage_path=check_access(job.cluster.storage_path or str(out / "runs"),
                                                              writable=True).url)
     runs = [(method, seed) for method in plan for seed in job.seeds]
@@ -252,7 +253,7 @@ def compare(job: CompareConfig) -> Comparison:
     while waiting or in_flight:
         while waiting and len(in_flight) < at_once:
             m, s = waiting.pop(0)
-            ref = task.remote(replace(job.run, **{"method.name": m, "train.seed": s}), data, cluster, plan[m],
+            ref = task.remote(replace(job.run, **{"method.name": m, "train.seed": s}), data, scoring, cluster, plan[m],
                               str(out / f"{m}-seed{s}"))
             in_flight[ref] = (m, s)
         ready, _ = ray.wait(list(in_flight), num_returns=1)

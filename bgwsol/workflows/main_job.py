@@ -66,7 +66,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step; returns ``{"table", "test", "registration", "tracking_uri", "ui_command", ...}``."""
     from bgwsol.tracking import local_server as mlflow_server
     from bgwsol.ray_init import RayConfig, init_ray
-    from bgwsol.data.shards.shardset import ShardSet
     from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag
     from bgwsol.training.engine import RunData, plan_data
     from bgwsol.tracking.model_registry import log_and_register
@@ -89,22 +88,23 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             tracking = replace(tracking, tracking_uri=server.wait_ready().url)
             ui = server.ui_command()
             log.info("MLflow tracking server for this run: %s", server.url)
+        scoring = plan_data(data, False)  # the intact validation and test shards, for both models
         rows, test = {}, {}
         if cfg.baseline:
             cam_cfg = replace(base, **{"method.name": cfg.baseline})
             # the name carries the training's identity: a rerun continues the same baseline, a changed
             # config starts a new one instead of being refused
-            tag = identity_tag(cam_cfg, ShardSet.open(data.shards).digest)
+            tag = identity_tag(cam_cfg, scoring.digest)
             cam = fit(cam_cfg, data, replace(cfg.cluster, run_name=f"{cfg.baseline}-{cfg.dataset}-{tag}"),
                       tracking=tracking)
             state, _ = best_checkpoint(cam)
-            final = evaluate(state, plan_data(data, False), cfg.cluster)
+            final = evaluate(state, scoring, cfg.cluster)
             test[cfg.baseline] = rows[cfg.baseline] = final.test["main"]
         # the first trial is the configured default, the rest are Optuna's proposals
         outcome = run_search(base, data, cfg.cluster, tracking, cfg.search, name=f"tune-bgwsol-{cfg.dataset}",
                              points_to_evaluate=[params_of(base)])
         state, metrics = best_checkpoint(outcome.best_run())
-        final = evaluate(state, plan_data(data, False), cfg.cluster)
+        final = evaluate(state, scoring, cfg.cluster)
         registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
                                         name=cfg.model_name or f"bgwsol-{cfg.dataset}", metric=metrics["score"],
                                         taus=final.taus["main"])
