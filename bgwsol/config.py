@@ -262,17 +262,27 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def config_from_args(cls: type[T], args: argparse.Namespace, defaults: T | None = None) -> T:
     """Resolve ``defaults`` (or ``cls()``) <- ``--config`` file <- explicit flags."""
+    from bgwsol.errors import UserError, one_line
+
     base = to_dict(defaults if defaults is not None else cls())
+    source = "the flags"
     if getattr(args, "config", None):
         path = Path(args.config)
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        base = _merge(base, yaml.safe_load(path.read_text()) or {})
+            raise FileNotFoundError(f"--config {path}: config file not found")
+        try:
+            base = _merge(base, yaml.safe_load(path.read_text()) or {})
+        except yaml.YAMLError as exc:
+            raise UserError(f"--config {path}: not valid YAML ({one_line(exc)})") from None
+        source = f"--config {path} or the flags"
     overrides: dict[str, Any] = {}
     for dotted, value in vars(args).items():
         if "." in dotted or dotted in {f.name for f in dataclasses.fields(cls)}:
             _set_dotted(overrides, dotted, list(value) if isinstance(value, tuple) else value)
-    return from_dict(cls, _merge(base, overrides))
+    try:
+        return from_dict(cls, _merge(base, overrides))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{source}: {one_line(exc)}") from None
 
 
 def replace(cfg: T, **dotted: Any) -> T:

@@ -26,8 +26,11 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+    from bgwsol.errors import reassert_sigterm
+
     if address:
         ray.init(address=address)
     else:
         ray.init(num_cpus=cfg.num_cpus or None)
+    reassert_sigterm()
     log.info("Ray: %s CPUs", ray.cluster_resources().get("CPU", 0))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from bgwsol.errors import run_entry_point
+
 import compare_methods  # flows/ is on sys.path when this file is run
 
 DEFAULTS = ["--methods", "cam", "bgwsol", "--seeds", "0", "--output_dir", "outputs/compare_local"]
@@ -28,4 +30,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_entry_point(main, "compare_local"))

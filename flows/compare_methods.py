@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from bgwsol.errors import run_entry_point
 from bgwsol.config import add_config_args, config_from_args
 from bgwsol.workflows.compare import CompareConfig
 
@@ -45,14 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import time
 
-    from bgwsol.workflows.preflight import compare_problems, report
+    from bgwsol.errors import report_problems
+    from bgwsol.workflows.preflight import compare_problems
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, CompareConfig, DEFAULTS)
     job = config_from_args(CompareConfig, parser.parse_args(argv), DEFAULTS)
     problems = compare_problems(job)
     if problems:
-        return report(problems)
+        return report_problems(problems)
     from bgwsol.workflows.compare import compare, outputs_text  # pulls in torch and Ray
 
     t0 = time.time()
@@ -66,4 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_entry_point(main, "compare_methods"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from bgwsol.errors import run_entry_point
 from bgwsol.data.shards.jobs import DatasetShardJob, flow_main, run_dataset_job
 
 DEFAULTS = DatasetShardJob(dataset="cub", output="data/shards/cub")
@@ -27,4 +28,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_entry_point(main, "shard_cub"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from bgwsol.errors import run_entry_point
 from bgwsol.config import replace
 from bgwsol.workflows.main_job import PipelineConfig, flow_main
 
@@ -34,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_entry_point(main, "train_cub"))

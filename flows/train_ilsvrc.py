@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from bgwsol.errors import run_entry_point
 from bgwsol.workflows.main_job import PipelineConfig, flow_main
 
 # sized for the embedded synthetic ILSVRC on 2 CPU cores (under 15 minutes); not applied with --source
@@ -34,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_entry_point(main, "train_ilsvrc"))

@@ -21,6 +21,7 @@ from bgwsol.config import RunConfig, add_config_args, config_from_args, option
 from bgwsol.training.distributed import ClusterConfig
 from bgwsol.tracking.runs import TrackingConfig
 from bgwsol.training.tune import SearchConfig
+from bgwsol.errors import run_entry_point
 
 
 @dataclass
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     job = config_from_args(TuneJob, parser.parse_args(argv), TuneJob())
     if not job.shards or not job.background_shards:
         parser.error("--shards and --background_shards are required (flows/shard_ilsvrc.py, flows/shard_background.py)")
+    from bgwsol.errors import report_problems
+    from bgwsol.workflows.preflight import cluster_problems, run_config_problems, search_problems
+
+    problems = run_config_problems(job.run, "run.") + cluster_problems(job.cluster, job.run.train.batch_size)
+    if problems + search_problems(job.search):
+        return report_problems(problems + search_problems(job.search))
     from bgwsol.ray_init import RayConfig, init_ray
     from bgwsol.training.distributed import best_checkpoint
     from bgwsol.tracking.model_registry import log_and_register
@@ -65,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_entry_point(main, "tune_ilsvrc"))

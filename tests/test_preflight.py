@@ -11,6 +11,7 @@ from bgwsol.workflows.preflight import run_config_problems
 def _flow(name: str):
     spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / f"flows/{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    __import__("sys").modules[name] = mod  # a flow's own dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
@@ -81,3 +82,49 @@ def test_every_main_job_flag_does_something_the_derived_ones_are_gone(capsys):
     odd = parse_flow_args(flow.DEFAULTS, "", ["--cluster.num_workers", "3"])
     assert pipeline_problems(odd) == ["--run.train.batch_size 32: the global batch is split evenly over the workers, "
                                       "so it must be a multiple of --cluster.num_workers 3"]
+
+
+def test_shard_and_tune_flows_refuse_bad_settings_before_any_work(tmp_path, capsys):
+    out = tmp_path / "shards"
+    rc = _flow("shard_cub").main(["--source", str(tmp_path / "nonexistent"), "--output", str(out),
+                                  "--etl.jpeg_quality", "0", "--etl.val_fraction", "1"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and not out.exists()
+    assert err == [f"error: --source '{tmp_path / 'nonexistent'}': not found",
+                   "error: --etl.jpeg_quality 0: must be in 1..100", "error: --etl.val_fraction 1.0: must be in (0, 1)"]
+    rc = _flow("tune_ilsvrc").main(["--shards", str(out), "--background_shards", str(out), "--run.train.lr", "0",
+                                    "--search.lr", "0", "1", "--search.num_samples", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--run.train.lr 0.0: must be > 0" in err and "--search.num_samples 0: must be >= 1" in err
+    assert "--search.lr 0.0 1.0: give two bounds" in err
+
+
+def test_errors_a_user_can_fix_are_one_line_and_bugs_keep_their_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run:\n  train:\n    epochz: 3\n")
+    done = subprocess.run([sys.executable, str(root / "flows/train_ilsvrc.py"), "--config", str(bad)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"train_ilsvrc: error: --config {bad} or the flags: config.run.train: unknown key(s) ['epochz']; known: "
+        "['batch_size', 'epochs', 'eval_every', 'log_every', 'lr', 'momentum', 'seed', 'warmup_epochs', "
+        "'weight_decay']"]
+
+    from bgwsol.errors import UserError, run_entry_point
+
+    def fails(exc):
+        def main():
+            raise exc
+        return main
+
+    assert run_entry_point(fails(UserError("s3://b/x: cannot reach the S3 endpoint")), "t") == 1
+    assert run_entry_point(fails(FileNotFoundError("/data/x.csv: no such file")), "t") == 1
+    assert run_entry_point(fails(KeyboardInterrupt()), "t") == 130
+    import pytest
+
+    with pytest.raises(KeyError):  # a bug: its traceback is shown
+        run_entry_point(fails(KeyError("val_tau50")), "t")

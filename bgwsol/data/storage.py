@@ -24,8 +24,10 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from bgwsol.errors import UserError
 
-class StorageError(OSError):
+
+class StorageError(UserError, OSError):
     """Storage that cannot be reached or used; the message names the URL and the likely cause."""
 
 
@@ -158,24 +160,43 @@ def _shared_client(endpoint: str | None, region_name: str, key_id: str | None, s
     return boto3_client(aws_access_key_id=key_id, aws_secret_access_key=secret, aws_session_token=token)
 
 
+def s3_client():
+    """The process's shared boto3 S3 client for the endpoint and credentials of the environment now."""
+    env = os.environ.get
+    return _shared_client(endpoint_url(), region(), env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"),
+                          env("AWS_SESSION_TOKEN"))
+
+
 def get_object(url: str) -> bytes:
     """Bytes of the object at ``s3://bucket/key`` in one GET; StorageError naming ``url`` on failure."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     bucket, _, key = Location.parse(url).fs_path.partition("/")
-    env = os.environ.get
-    client = _shared_client(endpoint_url(), region(), env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"),
-                            env("AWS_SESSION_TOKEN"))
-    try:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-            raise StorageError(f"{url}: not found") from exc
-        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
-            raise StorageError(f"{url}: not found (bucket {bucket!r} does not exist)") from exc
-        raise StorageError(_explain(url, exc)) from exc
-    except BotoCoreError as exc:
-        raise StorageError(_explain(url, exc)) from exc
+    with boto_errors(url):
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+class boto_errors:  # noqa: N801 - used as a lowercase context manager
+    """Context manager turning botocore errors (refused, unreachable, missing) into StorageError naming the URL."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise StorageError(f"{self.url}: not found") from exc
+            if code == "NoSuchBucket":
+                bucket = Location.parse(self.url).bucket
+                raise StorageError(f"{self.url}: not found (bucket {bucket!r} does not exist)") from exc
+            raise StorageError(_explain(self.url, exc)) from exc
+        if isinstance(exc, BotoCoreError):
+            raise StorageError(_explain(self.url, exc)) from exc
+        return False
 
 
 def boto3_client(**kwargs):
@@ -187,27 +208,31 @@ def boto3_client(**kwargs):
                         config=Config(connect_timeout=5, retries={"max_attempts": 3}), **kwargs)
 
 
-def _explain(url: str, exc: BaseException) -> str:
+def _explain(url: str, exc: BaseException, endpoint: str | None = None) -> str:
+    """One line naming ``url`` and the likely cause of ``exc``; ``endpoint`` (default: the environment's)
+    is the S3 endpoint the failed call went to."""
+    endpoint = endpoint or endpoint_url()
     text = str(exc)
     low = text.lower()
     if any(s in low for s in ("accessdenied", "access denied", "access_denied", "invalidaccesskeyid", "signaturedoesnotmatch",
                               "forbidden", "403")):
         return (f"{url}: access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-                f"(endpoint {endpoint_url() or 'AWS default'}) [{text.splitlines()[0]}]")
+                f"(endpoint {endpoint or 'AWS default'}) [{text.splitlines()[0]}]")
     if "nosuchbucket" in low or "bucket does not exist" in low or "does not exist" in low and "bucket" in low:
-        return f"{url}: bucket does not exist (endpoint {endpoint_url() or 'AWS default'})"
+        return f"{url}: bucket does not exist (endpoint {endpoint or 'AWS default'})"
     if any(s in low for s in ("curl", "connect", "timed out", "timeout", "unreachable", "resolve host",
                               "connection refused", "network")):
-        return (f"{url}: cannot reach the S3 endpoint {endpoint_url() or 'AWS default'} "
+        return (f"{url}: cannot reach the S3 endpoint {endpoint or 'AWS default'} "
                 f"(set AWS_ENDPOINT_URL for MinIO or a test server) [{text.splitlines()[0]}]")
     return f"{url}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class storage_errors:  # noqa: N801 - used as a lowercase context manager
-    """Context manager turning pyarrow / OS errors into StorageError naming the URL."""
+    """Context manager turning pyarrow / OS errors into StorageError naming the URL (and ``endpoint``,
+    the S3 endpoint of the filesystem in use, when it is not the environment's)."""
 
-    def __init__(self, url: str, what: str):
-        self.url, self.what = url, what
+    def __init__(self, url: str, what: str, endpoint: str | None = None):
+        self.url, self.what, self.endpoint = url, what, endpoint
 
     def __enter__(self):
         return self
@@ -221,7 +246,7 @@ class storage_errors:  # noqa: N801 - used as a lowercase context manager
             low = str(exc).lower()
             if isinstance(exc, FileNotFoundError) or "path does not exist" in low or "nosuchkey" in low:
                 raise StorageError(f"{self.url}: not found") from exc
-            raise StorageError(_explain(self.url, exc)) from exc
+            raise StorageError(_explain(self.url, exc, self.endpoint)) from exc
         return False
 
 
@@ -289,3 +314,32 @@ def register_webdataset_opener() -> None:
     import importlib
 
     importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = open_url
+
+
+def wait_until_writable(loc: Location, patience_s: float, first_delay_s: float = 1.0, max_delay_s: float = 30.0,
+                        sleep=None) -> float:
+    """Write and delete a probe object under ``loc`` until it works, retrying with exponential
+    backoff (``first_delay_s`` doubling up to ``max_delay_s``) for at most ``patience_s`` seconds.
+
+    Returns the seconds spent retrying (0.0 when the store answered at once). Raises :class:`StorageError`
+    naming the URL and the last cause once the patience is spent. Only reachability is retried:
+    a missing bucket or refused credentials fail at the first attempt (retrying cannot help).
+    """
+    import time
+
+    sleep = sleep or time.sleep
+    start, delay, failed = time.monotonic(), first_delay_s, False
+    while True:
+        try:
+            check_access(loc.url, writable=True)
+            return time.monotonic() - start if failed else 0.0
+        except StorageError as exc:
+            waited = time.monotonic() - start
+            if "cannot reach" not in str(exc) or waited + delay > patience_s:
+                if "cannot reach" in str(exc):
+                    raise StorageError(f"{str(exc).splitlines()[0]}; still unreachable after {waited:.0f} s of "
+                                       f"retries") from exc
+                raise
+            failed = True
+            sleep(delay)
+            delay = min(max_delay_s, delay * 2)

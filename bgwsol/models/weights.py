@@ -25,6 +25,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from bgwsol.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
@@ -32,7 +34,7 @@ PACKAGE_PREFIX = "package:"
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "AuxLogits.")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights spec that cannot be loaded into the backbone; the message names the spec and keys."""
 
 

@@ -74,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bgwsol.errors import run_entry_point
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run_entry_point(lambda: args.func(args), "bgwsol")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 
 from bgwsol.config import RunConfig, option, to_dict
+from bgwsol.errors import UserError, one_line
 from bgwsol.checkpoint import CHECKPOINT_FILE  # noqa: F401 - the file name, for callers of this module
 from bgwsol.training.engine import DataPlan, FinalEvaluation, RunData
 
@@ -27,7 +28,7 @@ RUN_FILE = "bgwsol_run.json"  # beside Ray Train's own files: what the run train
 RESUMABLE = ("train.epochs", "train.eval_every", "train.log_every", "eval.")
 
 
-class IncompatibleRun(RuntimeError):
+class IncompatibleRun(UserError, RuntimeError):
     """A run name whose checkpoints were trained with another model, method, data or schedule."""
 
 
@@ -85,7 +86,10 @@ class ClusterConfig:
     cpus_per_worker: float = option(1.0, "CPUs reserved per worker (also its torch threads)")
     storage_path: str = option("runs/ray", "where Ray Train keeps checkpoints: a local folder or s3://bucket/prefix")
     run_name: str = option("", "Ray Train run name; rerunning the same name resumes it (empty: derived from the config)")
-    max_failures: int = option(2, "worker-group restarts from the latest checkpoint before the run fails")
+    max_failures: int = option(2, "restarts from the latest checkpoint after a lost worker or node, before the run "
+                                  "fails (an error raised by the training code itself is never retried)")
+    storage_patience_s: float = option(300.0, "how long a checkpoint upload retries an unreachable store (with "
+                                              "backoff) before the run fails")
     loader_workers: int = option(0, "DataLoader processes per worker")
 
 
@@ -101,8 +105,21 @@ class WorkerJob:
     parent_run_id: str | None = None
 
 
+class TrainingCodeError(RuntimeError):
+    """The training code raised on a worker (no worker was lost): it would fail the same way
+    again, so the run ends at once. The message holds the worker's traceback."""
+
+
 class RaySession:
-    """A :class:`~bgwsol.training.engine.Session` over Ray Train's checkpoints and reports."""
+    """A :class:`~bgwsol.training.engine.Session` over Ray Train's checkpoints and reports.
+
+    ``run_dir`` (a :class:`~bgwsol.data.storage.Location`) is where the checkpoints go; before a
+    checkpoint is handed to Ray Train the store must accept a write, retried with backoff for
+    ``patience_s`` (an outage of the store shorter than that costs a wait, not the run).
+    """
+
+    def __init__(self, run_dir=None, patience_s: float = 0.0):
+        self.run_dir, self.patience_s = run_dir, patience_s
 
     def latest_state(self) -> dict | None:
         import ray.train
@@ -125,6 +142,13 @@ class RaySession:
             return
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(state, d)
+            if self.run_dir is not None:
+                from bgwsol.data.storage import wait_until_writable
+
+                waited = wait_until_writable(self.run_dir, self.patience_s)
+                if waited:
+                    log.warning("%s answered again after %.0f s; uploading the checkpoint of epoch %d",
+                                self.run_dir.url, waited, state["epoch"])
             ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -166,7 +190,10 @@ def train_loop_per_worker(config: dict) -> None:
                     job.cluster.loader_workers)
     logger = _run_logger(job) if worker.rank == 0 else None
     on_start = _tracking_start(job, logger) if logger is not None and logger.enabled else None
-    train(job.cfg, job.plan, worker, RaySession(), logger if on_start else None, on_start)
+    from bgwsol.data.storage import Location
+
+    session = RaySession(Location.parse(job.cluster.storage_path).join(job.run_name), job.cluster.storage_patience_s)
+    train(job.cfg, job.plan, worker, session, logger if on_start else None, on_start)
     if on_start is not None:
         logger.end()
 
@@ -183,6 +210,12 @@ def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, ca
     best by validation ``select_metric``. What cannot work is refused here, before any worker
     starts (a restart would only repeat the failure): the storage, the tracking server, a run
     name holding another training, the shard sets.
+
+    Failures: a lost worker or node restarts the worker group from the latest checkpoint, up to
+    ``cluster.max_failures`` times; an exception raised by the training code itself ends the
+    run at once (a :class:`~bgwsol.errors.UserError` as itself, anything else as
+    :class:`TrainingCodeError` with the worker's traceback). Ray Train's own retry counts both
+    alike, so it is set to 0 and the restart is decided here.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -201,17 +234,62 @@ def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, ca
         log.info("run %s exists under %s: continuing from its latest checkpoint", name, loc.url)
     run_config = ray.train.RunConfig(
         name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem(),
-        failure_config=ray.train.FailureConfig(max_failures=cluster.max_failures),
+        failure_config=ray.train.FailureConfig(max_failures=0),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=None, checkpoint_score_attribute="best_score", checkpoint_score_order="max"),
         callbacks=callbacks or [])
     job = WorkerJob(cfg, plan, cluster, name, tracking, parent_run_id)
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config={"job": job},
-        scaling_config=ray.train.ScalingConfig(num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
-                                               resources_per_worker={"CPU": cluster.cpus_per_worker}),
-        run_config=run_config)
-    return trainer.fit()
+    restarts = 0
+    while True:
+        trainer = TorchTrainer(
+            train_loop_per_worker, train_loop_config={"job": job},
+            scaling_config=ray.train.ScalingConfig(num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
+                                                   resources_per_worker={"CPU": cluster.cpus_per_worker}),
+            run_config=run_config)
+        try:
+            return trainer.fit()
+        except ray.train.WorkerGroupError as exc:
+            lost = lost_ranks(exc.worker_failures)
+            if not lost:
+                raise training_code_error(name, exc.worker_failures, str(exc)) from None
+            if 0 <= cluster.max_failures <= restarts:
+                raise
+            restarts += 1
+            log.warning("run %s: worker rank(s) %s lost (%s); restarting from the latest checkpoint (restart %d of "
+                        "%s)", name, lost, one_line(exc.worker_failures[lost[0]]), restarts,
+                        "unlimited" if cluster.max_failures < 0 else cluster.max_failures)
+
+
+def is_lost_worker(error: BaseException) -> bool:
+    """Whether Ray reports a worker process or node gone: an actor or node death, or a failed or
+    timed-out Ray Train health check (``WorkerHealthCheck*Error``, which Ray Train raises when a
+    worker process died; its classes are not public, hence the name test). Exceptions of the
+    training code reach :func:`fit` as themselves, unwrapped by Ray Train."""
+    import ray.exceptions
+
+    if isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError)):
+        return True
+    kind = type(error)
+    return kind.__module__.startswith("ray.train") and kind.__name__.startswith("WorkerHealthCheck")
+
+
+def lost_ranks(worker_failures: dict[int, BaseException]) -> list[int]:
+    """Ranks whose worker process or node died (the others' errors are then collateral: a
+    collective whose peer vanished), as opposed to ranks whose training code raised."""
+    return sorted(r for r, e in worker_failures.items() if is_lost_worker(e))
+
+
+def training_code_error(name: str, worker_failures: dict[int, BaseException], details: str) -> Exception:
+    """What :func:`fit` raises when the training code failed: the worker's own exception when it is
+    a :class:`~bgwsol.errors.UserError` (one line for the user), else :class:`TrainingCodeError`."""
+    from bgwsol.errors import is_user_error
+
+    rank = min(worker_failures)
+    first = worker_failures[rank]
+    if is_user_error(first):
+        return first
+    return TrainingCodeError(f"run {name}: the training code raised {type(first).__name__} on rank {rank}: "
+                             f"{one_line(first)} (not retried: it would fail the same way)\n{details}")
 
 
 def best_checkpoint(result) -> tuple[dict, dict]:

@@ -106,7 +106,10 @@ def run_search(base: RunConfig, data: RunData, cluster: ClusterConfig, tracking:
                name: str = "tune", points_to_evaluate: list[dict] | None = None) -> TuneOutcome:
     """Optuna + ASHA over :data:`PARAMS`; returns the best trial (by ``search.metric`` at its best epoch).
 
-    ``points_to_evaluate`` (dicts over :data:`PARAMS`) are tried first, e.g. the defaults.
+    ``points_to_evaluate`` (dicts over :data:`PARAMS`) are tried first, e.g. the defaults. A
+    search ``name`` already under the storage path is restored (Tune's own restore), so a
+    stopped job's rerun trains no finished trial again; ``name`` must therefore change with
+    whatever the search depends on (the main job puts a hash of it in the name).
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -121,19 +124,27 @@ def run_search(base: RunConfig, data: RunData, cluster: ClusterConfig, tracking:
     parent = RunLogger(tracking, name)
     parent_id = parent.start(params={f"search.{k}": v for k, v in to_dict(search).items()})
     loc = Location.parse(cluster.storage_path)
-    tuner = tune.Tuner(
-        tune.with_resources(  # the trial only drives its TorchTrainer, whose workers hold the CPUs
-            tune.with_parameters(_trial, base=base, data=data, cluster=cluster, tracking=tracking,
-                                 parent_run_id=parent_id, tune_name=name),
-            {"CPU": 0, "memory": 1}),
-        param_space=param_space(search),
-        tune_config=tune.TuneConfig(
-            metric=search.metric, mode=search.mode, num_samples=search.num_samples,
-            max_concurrent_trials=concurrency(cluster, search),
-            search_alg=OptunaSearch(points_to_evaluate=points_to_evaluate, seed=search.seed),
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.train.epochs,
-                                    grace_period=search.grace_period, reduction_factor=search.reduction_factor)),
-        run_config=tune.RunConfig(name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem()))
+    trainable = tune.with_resources(  # the trial only drives its TorchTrainer, whose workers hold the CPUs
+        tune.with_parameters(_trial, base=base, data=data, cluster=cluster, tracking=tracking,
+                             parent_run_id=parent_id, tune_name=name),
+        {"CPU": 0, "memory": 1})
+    experiment = loc.join(name)
+    if tune.Tuner.can_restore(experiment.fs_path, storage_filesystem=loc.filesystem()):
+        # a stopped search continues: finished trials are kept, unfinished and errored ones resume
+        # from their Ray Train checkpoints (same trial ids, so the same run names), new ones fill up
+        log.info("search %s exists under %s: continuing its trials", name, loc.url)
+        tuner = tune.Tuner.restore(experiment.fs_path, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space(search), storage_filesystem=loc.filesystem())
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(search),
+            tune_config=tune.TuneConfig(
+                metric=search.metric, mode=search.mode, num_samples=search.num_samples,
+                max_concurrent_trials=concurrency(cluster, search),
+                search_alg=OptunaSearch(points_to_evaluate=points_to_evaluate, seed=search.seed),
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.train.epochs,
+                                        grace_period=search.grace_period, reduction_factor=search.reduction_factor)),
+            run_config=tune.RunConfig(name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem()))
     grid = tuner.fit()
     best = grid.get_best_result(metric=search.metric, mode=search.mode, scope="all")
     results = list(grid)

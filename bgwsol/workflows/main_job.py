@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bgwsol.config import RunConfig, option, replace
+from bgwsol.config import RunConfig, option, replace, to_dict
 from bgwsol.data.shards.etl import ShardConfig
 from bgwsol.data.shards.jobs import DataSources
 from bgwsol.training.distributed import ClusterConfig
@@ -101,8 +101,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             final = evaluate(state, scoring, cfg.cluster)
             test[cfg.baseline] = rows[cfg.baseline] = final.test["main"]
         # the first trial is the configured default, the rest are Optuna's proposals
-        outcome = run_search(base, data, cfg.cluster, tracking, cfg.search, name=f"tune-bgwsol-{cfg.dataset}",
-                             points_to_evaluate=[params_of(base)])
+        # named by what it depends on, like the baseline: a rerun continues the same search (Tune's
+        # restore), a changed configuration or search space starts a new one
+        search_tag = identity_tag(base, scoring.digest + json.dumps(to_dict(cfg.search), sort_keys=True))
+        outcome = run_search(base, data, cfg.cluster, tracking, cfg.search,
+                             name=f"tune-bgwsol-{cfg.dataset}-{search_tag}", points_to_evaluate=[params_of(base)])
         state, metrics = best_checkpoint(outcome.best_run())
         final = evaluate(state, scoring, cfg.cluster)
         registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
@@ -205,7 +208,7 @@ def parse_flow_args(defaults: PipelineConfig, doc: str, argv: list[str] | None =
 def pipeline_problems(cfg: PipelineConfig) -> list[str]:
     """Everything that can be checked before the main job shards, starts a server or trains."""
     from bgwsol.workflows.preflight import (cluster_problems, methods_problems, run_config_problems,
-                                            sources_problems)
+                                            search_problems, sources_problems)
 
     problems = run_config_problems(cfg.run, "run.")
     problems += methods_problems(["bgwsol"] + ([cfg.baseline] if cfg.baseline else []), cfg.source, cfg.background)
@@ -214,9 +217,7 @@ def pipeline_problems(cfg: PipelineConfig) -> list[str]:
     if cfg.cluster.run_name:
         problems.append(f"--cluster.run_name {cfg.cluster.run_name!r}: the main job names its runs itself (the "
                         f"baseline by a hash of its configuration, the Tune trials by trial id)")
-    if cfg.search.num_samples < 1:
-        problems.append(f"--search.num_samples {cfg.search.num_samples}: must be >= 1")
-    return problems
+    return problems + search_problems(cfg.search)
 
 
 def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
@@ -227,7 +228,7 @@ def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
     cfg = parse_flow_args(defaults, doc, argv, demo)
     problems = pipeline_problems(cfg)
     if problems:
-        from bgwsol.workflows.preflight import report as report_problems
+        from bgwsol.errors import report_problems
 
         return report_problems(problems)
     save_config(cfg)

@@ -87,12 +87,10 @@ def methods_problems(methods: list[str], source: str, background: str) -> list[s
 
 def sources_problems(source: str, background: str, etl) -> list[str]:
     """The dataset and background paths that must exist, and the ETL's ranges (``--etl.*``)."""
+    from bgwsol.data.shards.etl import shard_config_problems
+
     out = [p for p in (path_problem("--source", source), path_problem("--background", background)) if p]
-    if not 0 < etl.val_fraction < 1:
-        out.append(f"--etl.val_fraction {etl.val_fraction!r}: must be in (0, 1)")
-    if not 0 <= etl.max_reject_share <= 1:
-        out.append(f"--etl.max_reject_share {etl.max_reject_share!r}: must be in [0, 1]")
-    return out
+    return out + shard_config_problems(etl)
 
 
 def cluster_problems(cluster, batch_size: int) -> list[str]:
@@ -120,11 +118,20 @@ def compare_problems(job) -> list[str]:
     return problems
 
 
-def report(problems: list[str], stream=None) -> int:
-    """Print each problem as ``error: ...`` on ``stream`` (stderr) and return exit status 2 (0 if none)."""
-    import sys
-
-    stream = stream or sys.stderr
-    for p in problems:
-        print(f"error: {p}", file=stream)
-    return 2 if problems else 0
+def search_problems(search) -> list[str]:
+    """The Tune search's budget and bounds (``--search.*``)."""
+    out = []
+    if search.num_samples < 1:
+        out.append(f"--search.num_samples {search.num_samples}: must be >= 1")
+    if search.mode not in ("max", "min"):
+        out.append(f"--search.mode {search.mode!r}: must be max or min")
+    if search.grace_period < 1 or search.reduction_factor < 2:
+        out.append(f"--search.grace_period {search.grace_period} / --search.reduction_factor "
+                   f"{search.reduction_factor}: must be >= 1 / >= 2")
+    for name in ("lambda_bg", "lambda_mask", "lambda_fg", "lambda_area", "alpha", "lr"):
+        bounds = getattr(search, name)
+        if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1] or (name not in ("lambda_area", "alpha")
+                                                                      and bounds[0] <= 0):
+            out.append(f"--search.{name} {' '.join(map(str, bounds))}: give two bounds, low <= high"
+                       + ("" if name in ("lambda_area", "alpha") else ", low > 0 (searched log-uniformly)"))
+    return out

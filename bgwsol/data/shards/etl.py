@@ -8,9 +8,13 @@ Pipeline per split (streaming; one Ray task per shard, so memory is bounded by
       -> map_batches(process_rows)                    # read bytes, decode, validate, resize, encode
       -> write_datasink(ShardDatasink)                # write_webdataset's datasink: <split>-%06d.tar
 
-Commit protocol: the old ``manifest.json`` is deleted first, shards are written, shards not in
-the new set are removed, ``rejects.jsonl`` is written, and ``manifest.json`` last. A run that
-dies midway leaves no manifest, and readers refuse the prefix.
+Commit protocol: the job takes the prefix's write lock (``_writing.json``,
+:mod:`~bgwsol.data.shards.writelock`; a second job on the same prefix stops with
+:class:`~bgwsol.data.shards.writelock.PrefixBusy` before touching anything), the old
+``manifest.json`` is deleted, shards are written, shards not in the new set are removed,
+``rejects.jsonl`` is written, ``manifest.json`` last, and the lock is removed. A run that dies
+midway leaves no manifest, and readers refuse the prefix. A store that fails midway stops the
+job with one :class:`~bgwsol.data.storage.StorageError` naming the object's URL.
 
 Samples go to shards by the SHA-1 of their key (so shards mix classes and a rerun gives the
 same assignment), rows inside a shard are sorted by key, and tar headers carry fixed
@@ -28,6 +32,7 @@ import re
 import tarfile
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
@@ -40,7 +45,8 @@ from bgwsol.data.sources.records import Sample
 from bgwsol.data.sources.rejects import DEFAULT_MAX_SHARE, annotation_reject, check_share, reject
 from bgwsol.data.sources.source_tree import read_source
 from bgwsol.data.shards.shardset import MANIFEST_NAME, REJECTS_NAME, FORMAT, ShardSet, manifest_bytes
-from bgwsol.data.storage import Location, check_access
+from bgwsol.data.shards.writelock import prefix_lock
+from bgwsol.data.storage import Location, StorageError, check_access, endpoint_url, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +65,6 @@ class ShardConfig:
                                  "system latency; 1: one at a time)")
     max_reject_share: float = option(DEFAULT_MAX_SHARE, "stop, without a manifest, when more than this share of the "
                                                         "samples is rejected (a wrong layout, not a few bad files)")
-
-    def __post_init__(self) -> None:
-        if self.max_short_side < 16:
-            raise ValueError(f"max_short_side must be >= 16, got {self.max_short_side}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
-        if self.read_ahead < 1:
-            raise ValueError(f"read_ahead must be >= 1, got {self.read_ahead}")
-        if self.samples_per_shard < 0 or self.shard_size_mb <= 0:
-            raise ValueError("samples_per_shard must be >= 0 and shard_size_mb > 0")
-        if not 0 <= self.max_reject_share <= 1:
-            raise ValueError(f"max_reject_share must be in [0, 1], got {self.max_reject_share}")
 
     # settings that do not change the shards' content: a shard set made with other values is the same data
     SCHEDULING = ("cpus_per_task", "read_ahead", "max_reject_share")
@@ -147,6 +141,21 @@ def per_shard_count(ordered: list[dict], cfg: ShardConfig, probe: int = 16) -> i
             continue
     mean = float(np.mean(sizes)) if sizes else 100_000.0
     return max(1, int(cfg.shard_size_mb * 2**20 / mean))
+
+
+def shard_config_problems(cfg: ShardConfig, flag: str = "--etl.") -> list[str]:
+    """One line per out-of-range ETL setting (shown as ``<flag><field>``), checked before any work."""
+    checks = [
+        (cfg.max_short_side >= 16, "max_short_side", "must be >= 16 pixels"),
+        (1 <= cfg.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100"),
+        (cfg.shard_size_mb > 0, "shard_size_mb", "must be > 0"),
+        (cfg.samples_per_shard >= 0, "samples_per_shard", "must be >= 0 (0: derive from shard_size_mb)"),
+        (0 < cfg.val_fraction < 1, "val_fraction", "must be in (0, 1)"),
+        (cfg.cpus_per_task > 0, "cpus_per_task", "must be > 0"),
+        (cfg.read_ahead >= 1, "read_ahead", "must be >= 1"),
+        (0 <= cfg.max_reject_share <= 1, "max_reject_share", "must be in [0, 1]"),
+    ]
+    return [f"{flag}{name} {getattr(cfg, name)!r}: {why}" for ok, name, why in checks if not ok]
 
 
 # ------------------------------------------------------------------------------- the Ray task
@@ -261,11 +270,14 @@ def _shard_datasink_class():
 
         def __init__(self, location: Location, split: str):
             self.path, self.filesystem = location.fs_path, location.filesystem()
+            # the filesystem travels to the tasks with the driver's endpoint: name that one in errors
+            self.url, self.endpoint = location.url, endpoint_url() if location.is_s3 else None
             self.split = split
             self.results: list[dict] = []
 
         def on_write_start(self, schema=None) -> None:
-            self.filesystem.create_dir(self.path, recursive=True)
+            with storage_errors(self.url, "create", self.endpoint):
+                self.filesystem.create_dir(self.path, recursive=True)
 
         def open_output_stream(self, path: str):
             return self.filesystem.open_output_stream(path)
@@ -284,9 +296,9 @@ def _shard_datasink_class():
                 entry = {"name": name, "count": len(good), "rejects": rejects, "bytes": 0, "sha256": "",
                          "clipped": sum(r["__clipped__"] for r in good)}
                 if good:
-                    path = f"{self.path}/{name}"
-                    with self.open_output_stream(path) as f:
-                        entry["bytes"], entry["sha256"] = write_tar(good, f)
+                    with storage_errors(f"{self.url}/{name}", "write", self.endpoint):
+                        with self.open_output_stream(f"{self.path}/{name}") as f:
+                            entry["bytes"], entry["sha256"] = write_tar(good, f)
                 results.append(entry)
             return results
 
@@ -308,12 +320,67 @@ def write_split(shards: list[list[dict]], location: Location, split: str, cfg: S
     # reservation of half the CPUs for operator outputs would run these tasks one at a time.
     ds.context.op_resource_reservation_enabled = False
     sink = _shard_datasink_class()(location, split)
-    ds.write_datasink(sink)
+    with _ray_data_errors_held() as held:
+        try:
+            ds.write_datasink(sink)
+        except Exception as exc:
+            cause = storage_cause(exc)
+            if cause is None:
+                raise
+            held.clear()  # the StorageError says it all; Ray Data's log file keeps the task's traceback
+            raise StorageError(str(cause)) from exc
     names = [r["name"] for r in sink.results]
     if len(names) != len(set(names)) or len(names) != len(shards):
         raise RuntimeError(f"{location.url}: split {split!r} expected {len(shards)} shards, tasks returned "
                            f"{sorted(Counter(names).items())}: a shard was split across tasks")
     return sorted(sink.results, key=lambda r: r["name"])
+
+
+def storage_cause(exc: BaseException) -> StorageError | None:
+    """The :class:`StorageError` behind ``exc``, however Ray wrapped it (a task's error arrives as a
+    ``RayTaskError`` with the original as ``.cause``, Ray Data may chain it further); None if none."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, StorageError) and not hasattr(e, "cause"):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
+
+
+@contextmanager
+def _ray_data_errors_held() -> Iterator[list[logging.LogRecord]]:
+    """Hold back the ERROR records Ray Data logs on the console during the body, and show them after
+    it unless the caller cleared the list.
+
+    Ray Data logs a failed task with its whole traceback (and a plea to report a Ray bug) before
+    raising; for a store that went away the one-line :class:`StorageError` is the whole story, and
+    its traceback stays in Ray Data's own log file."""
+    held: list[logging.LogRecord] = []
+    consoles = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if not any(r is record for r in held):  # each console handler sees the record once
+            held.append(record)
+        return False
+
+    for h in consoles:
+        h.addFilter(hold)
+    try:
+        yield held
+    finally:
+        for h in consoles:
+            h.removeFilter(hold)
+        for record in held:
+            for h in consoles:
+                h.handle(record)
 
 
 def code_version() -> str:
@@ -348,13 +415,36 @@ def write_shard_set(splits: list[SplitListing], url: str, *, dataset: str, class
     :class:`~bgwsol.data.sources.rejects.TooManyRejects` and commits no manifest: before any work for
     what the readers found, after the shards for what only decoding shows. ``source`` (where
     the data came from) is recorded in the manifest.
+
+    Another job writing ``url`` stops this one with :class:`~bgwsol.data.shards.writelock.PrefixBusy`
+    before anything there changes; a store that fails midway raises
+    :class:`~bgwsol.data.storage.StorageError` naming the object's URL (the prefix is left without a
+    manifest, and a rerun completes it).
     """
     cfg = cfg or ShardConfig()
+    problems = shard_config_problems(cfg, "")
+    if problems:
+        raise ValueError("; ".join(problems))
     total = sum(len(x.rows) for x in splits)
     rejects: list[dict] = [annotation_reject(r["__key__"], r["path"], r["problem"], x.name)
                            for x in splits for r in x.rows if r.get("problem")]
     check_share(rejects, total, cfg.max_reject_share, source or url)
     loc = check_access(url, writable=True)
+    with prefix_lock(loc):
+        clipped, reasons = _write_and_commit(splits, loc, dataset=dataset, classes=classes, class_names=class_names,
+                                             cfg=cfg, source=source, url=url, rejects=rejects, total=total)
+    if clipped:
+        log.info("%d boxes reached past the image edge and were clipped to it", clipped)
+    if reasons:
+        log.warning("%d samples rejected (%s); details in %s", sum(reasons.values()),
+                    ", ".join(f"{k}: {v}" for k, v in reasons.items()), loc.join(REJECTS_NAME).url)
+    return ShardSet.open(loc.url)
+
+
+def _write_and_commit(splits: list[SplitListing], loc: Location, *, dataset: str, classes: list[str],
+                      class_names: list[str] | None, cfg: ShardConfig, source: str, url: str, rejects: list[dict],
+                      total: int) -> tuple[int, Counter]:
+    """The commit protocol under the write lock (module docstring); returns (clipped boxes, rejects by reason)."""
     loc.join(MANIFEST_NAME).delete()  # from now on the prefix is uncommitted
     manifest: dict = {"format": FORMAT, "dataset": dataset, "classes": classes,
                       "class_names": class_names or classes, "splits": {}, "etl": asdict(cfg),
@@ -385,9 +475,4 @@ def write_shard_set(splits: list[SplitListing], url: str, *, dataset: str, class
     manifest["rejects"] = {"count": len(rejects), "by_reason": dict(sorted(reasons.items())), "report": REJECTS_NAME}
     manifest["clipped_boxes"] = clipped
     loc.join(MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
-    if clipped:
-        log.info("%d boxes reached past the image edge and were clipped to it", clipped)
-    if rejects:
-        log.warning("%d samples rejected (%s); details in %s", len(rejects),
-                    ", ".join(f"{k}: {v}" for k, v in reasons.items()), loc.join(REJECTS_NAME).url)
-    return ShardSet.open(loc.url)
+    return clipped, reasons

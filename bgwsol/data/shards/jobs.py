@@ -157,5 +157,23 @@ def flow_main(job_cls: type, defaults, description: str, run, argv: list[str] | 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, job_cls, defaults)
     job = config_from_args(job_cls, parser.parse_args(argv), defaults)
+    problems = shard_job_problems(job)
+    if problems:
+        from bgwsol.errors import report_problems
+
+        return report_problems(problems)
     print(summary(run(job)))
     return 0
+
+
+def shard_job_problems(job: DatasetShardJob | BackgroundShardJob) -> list[str]:
+    """What a shard job can check before it lists, crawls or starts Ray: the ETL's ranges and a
+    local ``--source`` that must exist (a URL list to crawl is a file; ``s3://`` is checked when read)."""
+    from bgwsol.data.shards.etl import shard_config_problems
+
+    problems = shard_config_problems(job.etl)
+    if job.source and "://" not in job.source and not Path(job.source).exists():
+        problems.insert(0, f"--source {job.source!r}: not found")
+    if not job.output:
+        problems.append("--output: give a folder or s3://bucket/prefix for the shards")
+    return problems

@@ -24,6 +24,7 @@ from bgwsol.data.storage import Location, StorageError
 
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.jsonl"
+LOCK_NAME = "_writing.json"  # the ETL's write lock (bgwsol.data.shards.writelock): never a shard, never listed
 FORMAT = "bgwsol-shards/1"
 
 
@@ -54,9 +55,12 @@ class ShardSet:
         loc = Location.parse(url)
         man_loc = loc.join(MANIFEST_NAME)
         if not man_loc.exists():
-            present = [n for n in loc.list_names() if n.endswith(".tar")]
+            names = loc.list_names()
+            present = [n for n in names if n.endswith(".tar")]
             hint = (f"{len(present)} shard files are there but no manifest: the ETL did not finish "
                     "(killed or still running); rerun it") if present else "nothing is there: check the path"
+            if LOCK_NAME in names:
+                hint += f"; an ETL is writing it or died while writing it ({loc.join(LOCK_NAME).url})"
             raise ShardSetError(f"{loc.url}: no {MANIFEST_NAME}, so this is not a complete shard set ({hint})")
         try:
             manifest = json.loads(man_loc.read_bytes())

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bgwsol.errors import UserError
 
-class DatasetFormatError(ValueError):
+
+class DatasetFormatError(UserError, ValueError):
     """A dataset file that breaks its format; the message names the file and line."""
 
 

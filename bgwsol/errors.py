@@ -1,0 +1,110 @@
+"""Errors a user can cause and fix, and how every entry point reports them and stops.
+
+A :class:`UserError` (a missing file, a store or tracking server that cannot be reached, a
+refused credential, a busy shard prefix, a run name holding another training) carries its
+whole story in its message: entry points print it as one ``error: ...`` line and exit 1. A
+traceback is kept for what is not a :class:`UserError`: a bug.
+
+:func:`run_entry_point` is what each flow's and command's ``__main__`` calls. It makes
+SIGTERM behave like Ctrl-C (a ``KeyboardInterrupt`` raised in the main thread), so every
+``finally`` of the job runs: the MLflow server it started is stopped and the local Ray it
+started is shut down with all its worker processes, whichever way the job is stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """A failure with a cause outside the code; its message names the file, URL or setting."""
+
+
+# errors of the operating system a user causes: reported in one line, like a UserError
+USER_OS_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, (UserError, *USER_OS_ERRORS))
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def report_problems(problems: list[str], stream=None) -> int:
+    """Print each problem found before any work as ``error: ...`` on ``stream`` (stderr); returns
+    the exit status: 2 (a usage error, like argparse's) when there are any, else 0."""
+    stream = stream or sys.stderr
+    for problem in problems:
+        print(f"error: {problem}", file=stream)
+    return 2 if problems else 0
+
+
+def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+_entry_points_running = 0  # run_entry_point calls in progress in this process
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM raise KeyboardInterrupt in the main thread; returns the handler it replaced
+    (None off the main thread, where signals cannot be handled)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
+def reassert_sigterm() -> None:
+    """Called right after ``ray.init``, which installs its own SIGTERM handlers (the driver's
+    ``sys.exit`` and the core worker's crash handler, which aborts the process and skips every
+    cleanup): under :func:`run_entry_point` SIGTERM is Ctrl-C again. A no-op otherwise, so a
+    program that uses bgwsol as a library keeps whatever handlers it set."""
+    if _entry_points_running:
+        _stop_on_sigterm()
+
+
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def run_entry_point(main: Callable[[], int], prog: str) -> int:
+    """Run ``main`` as a program's body; returns the exit status.
+
+    * a :class:`UserError` (or a missing file, a refused permission): ``<prog>: error: <one line>``, status 1;
+    * Ctrl-C or SIGTERM: ``<prog>: stopped``, status 130, after every ``finally`` of the job ran;
+    * anything else propagates with its traceback (a bug).
+
+    Either way, a Ray connection ``main`` opened is shut down (a local Ray it started goes with
+    all its worker processes); one that was open before is left alone.
+    """
+    import signal
+
+    global _entry_points_running
+    ray_before = _ray_connected()
+    previous = _stop_on_sigterm()
+    _entry_points_running += 1
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print(f"{prog}: stopped; what finished is kept (rerun the same command to continue)", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        _entry_points_running -= 1
+        if not ray_before and _ray_connected():
+            sys.modules["ray"].shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
