@@ -99,3 +99,41 @@ def test_a_failed_health_check_counts_as_a_lost_worker():
 
     assert lost_ranks({0: WorkerHealthCheckFailedError("A worker health check failed.",
                                                        ray.exceptions.ActorDiedError())}) == [0]
+
+
+def test_a_checkpoint_waits_for_a_store_that_comes_back_and_fails_clearly_when_it_does_not(s3_endpoint, monkeypatch):
+    """The probe RaySession.report runs before each checkpoint upload, against a real S3 endpoint
+    that is down (nothing listens on its port) and comes up 2 s later (a moto server there), then
+    against one that never comes back."""
+    from conftest import free_port
+
+    from bgwsol.data.storage import Location, StorageError, boto3_client, wait_until_writable
+
+    boto3_client().create_bucket(Bucket="ckpt-outage")  # moto servers of one process share their buckets
+    port = free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    started = []
+
+    def come_back() -> None:
+        from moto.server import ThreadedMotoServer
+
+        time.sleep(2)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        started.append(server)
+
+    threading.Thread(target=come_back, daemon=True).start()
+    run_dir = Location.parse("s3://ckpt-outage/runs/r1")
+    try:
+        waited = wait_until_writable(run_dir, patience_s=60, first_delay_s=0.5)
+    finally:
+        for server in started:
+            server.stop()
+    assert started and waited >= 1.0
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # never comes back
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match=r"s3://ckpt-outage/runs/r1: cannot reach the S3 endpoint .*still "
+                                           r"unreachable after \d+ s of retries"):
+        wait_until_writable(run_dir, patience_s=3, first_delay_s=0.5)
+    assert time.monotonic() - t0 < 60  # bounded
