@@ -166,7 +166,10 @@ def test_registry_alias_moves_only_on_improvement_and_localize_uses_it(tracked_r
     assert len(lines) == 1, out
     fields = lines[0].split("\t")
     assert fields[0] == str(image) and fields[2].startswith("class ") and fields[3].startswith("score ")
-    assert (tmp_path / "loc" / f"{image.stem}_localized.png").is_file()
+    from PIL import Image
+
+    with Image.open(tmp_path / "loc" / f"{image.stem}_localized.png") as drawn, Image.open(image) as photo:
+        assert drawn.size == photo.size  # the overlay is the photo at its own size
 
 
 @pytest.mark.mlflow

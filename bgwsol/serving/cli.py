@@ -50,7 +50,8 @@ def localize_main(args: argparse.Namespace) -> int:
             continue
         r = localizer(image)
         picture = out_dir / f"{Path(path).stem}_localized.png"
-        overlay(np.asarray(image), r.heatmap, np.array([r.box]), np.zeros((0, 4))).save(picture)
+        overlay(np.asarray(image), r.heatmap, np.array([r.box]), np.zeros((0, 4)),
+                caption=f"{r.class_name} {r.score:.2f}").save(picture)
         print(f"{path}\t{r.class_name}\tclass {r.label}\tscore {r.score:.3f}\tbox {list(r.box)}\t{picture}")
     return 1 if failures else 0
 
