@@ -53,7 +53,7 @@ class SplitEvaluation:
         if self.pxap is not None:
             out["pxap"] = self.pxap.compute()
         out["num_images"] = float(self.boxes.count)
-        return out
+        return {k: float(v) for k, v in out.items()}  # plain floats: numpy scalars print as np.float64(...)
 
 
 def new_evaluation(cfg: EvalConfig, with_masks: bool) -> SplitEvaluation:

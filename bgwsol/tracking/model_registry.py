@@ -5,19 +5,30 @@ checkpoint file (:mod:`bgwsol.training.engine`'s layout, without optimizer state
 thresholds chosen on validation) as an artifact and rebuilds
 :class:`~bgwsol.serving.localizer.Localizer` from it. ``predict`` takes a DataFrame with an ``image``
 column (file paths or encoded bytes) and returns class, class name, score and box per image.
+
+A tracking server that does not answer is retried for a bounded time; then the checkpoint
+that was to be registered is kept in a folder and :class:`RegistrationFailed` gives the
+command that registers it later (:func:`register_checkpoint`).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
+
+from bgwsol.errors import UserError
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 METRIC_TAG = "val_metric"
+REGISTER_TIMEOUT_S = 120.0  # how long registration waits for a tracking server that does not answer, in all
+KEEP_DIR = "unregistered"   # where a model that could not be registered is kept (under the working directory)
 
 
 def _python_model_class():
@@ -54,33 +65,107 @@ class Registration:
     metric: float
 
 
+class RegistrationFailed(UserError, RuntimeError):
+    """The model could not be registered in time; the message names the server, where the model's
+    checkpoint is kept and the command that registers it later."""
+
+
 def log_and_register(state: dict, *, tracking_uri: str, run_id: str, name: str, metric: float,
-                     taus: dict[int, float]) -> Registration:
+                     taus: dict[int, float], timeout_s: float = REGISTER_TIMEOUT_S,
+                     keep_dir: str | Path | None = None) -> Registration:
     """Log ``state`` (a training checkpoint) with its operating thresholds ``taus`` (IoU percent
     -> τ, chosen on validation) under MLflow run ``run_id``, register it as ``name`` and point
     ``champion`` at it only if ``metric`` (validation, higher is better) beats the current
-    champion's."""
+    champion's.
+
+    A server that does not answer is retried with backoff, each call given up on once the
+    server stops answering /health, for ``timeout_s`` in all (a retry continues after the steps
+    that went through). Then the checkpoint that was to be registered is written to ``keep_dir``
+    (default ``unregistered/<name>-<run id>/`` under the working directory) and
+    :class:`RegistrationFailed` says where it is and how to register it later. A request the
+    server refuses raises at once, as MLflow's client raises it.
+    """
+    from bgwsol.checkpoint import inference_state, save_checkpoint
+    from bgwsol.tracking.runs import Attempt, redact_url, refused, server_answers
+
+    deadline = time.monotonic() + timeout_s
+    done: dict = {}  # the steps that went through: model_uri, version
+    attempt, delay = None, 1.0
+    with tempfile.TemporaryDirectory() as d:
+        path = save_checkpoint(inference_state(state, taus), d)
+        while True:
+            if not server_answers(tracking_uri):
+                cause = "it does not answer /health"
+            else:
+                if attempt is None or attempt.finished.is_set():
+                    # a call still in flight is waited for, not repeated: a second could register a second version
+                    attempt = Attempt(lambda: _register(path, tracking_uri, run_id, name, metric, taus[50], done))
+                if attempt.wait(tracking_uri, deadline) and attempt.error is None:
+                    return attempt.value
+                if attempt.finished.is_set() and (refused(attempt.error) or server_answers(tracking_uri)):
+                    raise attempt.error
+                cause = (f"{type(attempt.error).__name__}: {str(attempt.error)[:200]}" if attempt.finished.is_set()
+                         else "no answer to its calls")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, 15.0)
+        kept = Path(keep_dir or Path(KEEP_DIR) / f"{name}-{run_id}").resolve()
+        kept.mkdir(parents=True, exist_ok=True)
+        kept = Path(shutil.copy2(path, kept / path.name))
+    shown = redact_url(tracking_uri)
+    command = (f"python -c \"from bgwsol.tracking.model_registry import register_checkpoint; register_checkpoint("
+               f"'{kept}', tracking_uri='{shown}', run_id='{run_id}', name='{name}', metric={float(metric)!r})\"")
+    in_flight = attempt is not None and not attempt.finished.is_set()
+    raise RegistrationFailed(
+        f"could not register {name}: MLflow server {shown} did not take it within {timeout_s:.0f} s ({cause}"
+        + ("; the model was logged to the run" if "model_uri" in done else "")
+        + (f", version {done['version']} registered, its alias not set" if "version" in done else "") + "). "
+        f"The trained model is not lost: its checkpoint, with the thresholds chosen on validation, is kept at {kept} "
+        f"(and the run's checkpoints stay in its storage). Register it once the server answers with:\n  {command}"
+        + ("\n(a call was still in flight when the time ran out: look for a new version of "
+           f"{name} before registering again)" if in_flight else ""))
+
+
+def register_checkpoint(path: str | Path, *, tracking_uri: str, name: str, metric: float, run_id: str | None = None,
+                        timeout_s: float = REGISTER_TIMEOUT_S) -> Registration:
+    """Register a checkpoint :func:`log_and_register` kept when it could not (it holds its
+    thresholds, ``taus``) under its MLflow run (``run_id``, default the checkpoint's)."""
+    from bgwsol.checkpoint import load_checkpoint
+
+    path = Path(path)
+    state = load_checkpoint(path)
+    return log_and_register(state, tracking_uri=tracking_uri, run_id=run_id or state["mlflow_run_id"], name=name,
+                            metric=metric, taus=state["taus"], timeout_s=timeout_s,
+                            keep_dir=path if path.is_dir() else path.parent)
+
+
+def _register(path: Path, tracking_uri: str, run_id: str, name: str, metric: float, tau: float,
+              done: dict) -> Registration:
+    """One try of :func:`log_and_register`'s calls, after those already in ``done``."""
     import mlflow
     from mlflow import MlflowClient
 
-    from bgwsol.checkpoint import inference_state, save_checkpoint
-
     mlflow.set_tracking_uri(tracking_uri)
-    tau = taus[50]
-    with tempfile.TemporaryDirectory() as d:
-        path = save_checkpoint(inference_state(state, taus), d)
+    if "model_uri" not in done:
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", python_model=_python_model_class()(),
                                            artifacts={"checkpoint": str(path)},
                                            pip_requirements=["torch", "torchvision", "pillow", "pandas"])
-    client = MlflowClient(tracking_uri)
-    version = mlflow.register_model(info.model_uri, name, tags={METRIC_TAG: str(metric), "tau": str(tau)})
-    champion = should_promote(client, name, metric)
-    if champion:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-    log.info("registered %s version %s (%s %.2f)%s", name, version.version, METRIC_TAG, metric,
-             " -> champion" if champion else "")
-    return Registration(info.model_uri, name, int(version.version), champion, metric)
+        done["model_uri"] = info.model_uri
+    if "version" not in done:
+        version = mlflow.register_model(done["model_uri"], name, tags={METRIC_TAG: str(metric), "tau": str(tau)})
+        done["version"] = int(version.version)
+    if "champion" not in done:
+        client = MlflowClient(tracking_uri)
+        champion = should_promote(client, name, metric)
+        if champion:
+            client.set_registered_model_alias(name, CHAMPION, str(done["version"]))
+        done["champion"] = champion
+    log.info("registered %s version %s (%s %.2f)%s", name, done["version"], METRIC_TAG, metric,
+             " -> champion" if done["champion"] else "")
+    return Registration(done["model_uri"], name, done["version"], done["champion"], metric)
 
 
 def should_promote(client, name: str, metric: float) -> bool:

@@ -156,9 +156,15 @@ def _run_logger(job: WorkerJob):
     """Rank 0's MLflow run (None without tracking): opened once the engine knows whether it resumes."""
     from bgwsol.tracking.runs import RunLogger
 
+    from bgwsol.data.storage import Location
+
     if job.tracking is None:
         return None
-    return RunLogger(job.tracking, job.run_name, parent_run_id=job.parent_run_id)
+    run_dir = Location.parse(job.cluster.storage_path).join(job.run_name)
+    # what a tracking server that went away could not take is kept beside the run's checkpoints
+    # (a local storage path; with s3:// storage, in a temporary folder on the worker)
+    return RunLogger(job.tracking, job.run_name, parent_run_id=job.parent_run_id,
+                     spool_dir=None if run_dir.is_s3 else run_dir.fs_path)
 
 
 def _tracking_start(job: WorkerJob, logger):

@@ -426,7 +426,7 @@ def validate(training: Training) -> dict[str, float]:
     merged = gather_evaluations(local)["main"]
     val = merged.summary()
     record = {f"val_{k}": v for k, v in val.items()}
-    record.update({f"val_tau{iou}": tau for iou, tau in merged.boxes.best_thresholds().items()})
+    record.update({f"val_tau{iou}": float(tau) for iou, tau in merged.boxes.best_thresholds().items()})
     # never a validation score that looks complete but is not: say how many were not scored
     record["val_missing"] = plan.expected["val"] - int(val.get("num_images", 0))
     if record["val_missing"] and training.worker.rank == 0:
