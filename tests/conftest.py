@@ -10,6 +10,23 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from bgwsol.tracking.local_server import free_port  # noqa: E402,F401  (tests import it from here)
 
 
+FLOWS = __import__("pathlib").Path(__file__).resolve().parents[1] / "flows"
+
+
+def load_flow(name: str, module_name: str | None = None):
+    """``flows/<name>.py`` imported as a module (registered in ``sys.modules``: dataclasses
+    defined in a flow look their module up there)."""
+    import importlib.util
+    import sys
+
+    module_name = module_name or name
+    spec = importlib.util.spec_from_file_location(module_name, FLOWS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def upload_tree(folder, url: str) -> None:
     """Copy every file below ``folder`` to ``url`` (an s3:// prefix), keeping relative paths."""
     from bgwsol.data.storage import Location

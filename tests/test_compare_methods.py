@@ -1,19 +1,11 @@
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from bgwsol.workflows.compare import Comparison, RunResult, plan_runs
+from conftest import load_flow
 
-FLOW = Path(__file__).resolve().parents[1] / "flows" / "compare_methods.py"
-
-
-def load_flow():
-    spec = importlib.util.spec_from_file_location("compare_methods", FLOW)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_plan_scores_post_hoc_methods_on_their_source_runs():
@@ -72,7 +64,7 @@ def test_flow_end_to_end_one_seed_with_mlflow(tiny_synthetic, ray_local, tmp_pat
 
     paths, _ = tiny_synthetic
     out, uri = tmp_path / "cmp", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rc = load_flow().main(["--source", str(paths.ilsvrc), "--background", str(paths.background), "--seeds", "0",
+    rc = load_flow("compare_methods").main(["--source", str(paths.ilsvrc), "--background", str(paths.background), "--seeds", "0",
                            "--output_dir", str(out), "--shards_dir", str(tmp_path / "shards"),
                            "--etl.val_fraction", "0.3", "--etl.max_short_side", "64", "--run.data.input_size", "48",
                            "--run.train.epochs", "1", "--run.train.batch_size", "8", "--run.train.log_every", "2",

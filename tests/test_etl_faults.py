@@ -5,7 +5,6 @@ server that drops every connection and closes its port at a chosen request, and 
 stopped behind it.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 
@@ -25,20 +23,13 @@ from bgwsol.data.shards.etl import ShardConfig, dataset_listings, write_shard_se
 from bgwsol.data.shards.shardset import LOCK_NAME, MANIFEST_NAME, ShardSet, ShardSetError
 from bgwsol.data.shards.writelock import LockRecord, PrefixBusy, acquire, release
 from bgwsol.data.storage import Location
-from conftest import free_port
+from conftest import FLOWS, free_port, load_flow
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3]
 
 CFG = ShardConfig(max_short_side=48, samples_per_shard=5)
 HOST = socket.gethostname()
-FLOWS = Path(__file__).resolve().parents[1] / "flows"
 
-
-def load_flow(name: str):
-    spec = importlib.util.spec_from_file_location(name, FLOWS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_lock(prefix: str, host: str, pid: int, token: str = "theirs") -> Location:

@@ -1,24 +1,16 @@
 """The whole configuration is checked before any work: all problems at once, one line each,
 exit status 2, nothing generated, sharded or started."""
 
-import importlib.util
 from pathlib import Path
 
 from bgwsol.config import RunConfig, replace
 from bgwsol.workflows.preflight import run_config_problems
-
-
-def _flow(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / f"flows/{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    __import__("sys").modules[name] = mod  # a flow's own dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_flow
 
 
 def test_main_job_refuses_a_typo_a_range_and_a_missing_source_before_any_work(tmp_path, capsys):
     out = tmp_path / "out"
-    rc = _flow("train_ilsvrc").main(["--run.model.backbone", "resnet51", "--source", str(tmp_path / "nonexistent"),
+    rc = load_flow("train_ilsvrc").main(["--run.model.backbone", "resnet51", "--source", str(tmp_path / "nonexistent"),
                                      "--run.train.lr", "-1", "--run.data.bg_ratio", "1.0", "--output_dir", str(out),
                                      "--shards_dir", str(tmp_path / "shards")])
     err = capsys.readouterr().err.splitlines()
@@ -34,7 +26,7 @@ def test_main_job_refuses_a_typo_a_range_and_a_missing_source_before_any_work(tm
 def test_compare_refuses_unknown_methods_and_a_method_without_its_background(tmp_path, capsys):
     root = tmp_path / "data"
     root.mkdir()
-    rc = _flow("compare_methods").main(["--methods", "cam", "gradcam", "bgwsol", "--source", str(root),
+    rc = load_flow("compare_methods").main(["--methods", "cam", "gradcam", "bgwsol", "--source", str(root),
                                         "--dataset", "cub", "--run.eval.iou_thresholds", "30", "120",
                                         "--shards_dir", str(tmp_path / "shards"), "--cluster.num_workers", "3",
                                         "--cluster.run_name", "mine"])
@@ -69,7 +61,7 @@ def test_every_main_job_flag_does_something_the_derived_ones_are_gone(capsys):
 
     from bgwsol.workflows.main_job import parse_flow_args, pipeline_problems
 
-    flow = _flow("train_ilsvrc")
+    flow = load_flow("train_ilsvrc")
     for flag in RETIRED_FLAGS:
         with pytest.raises(SystemExit) as stop:
             parse_flow_args(flow.DEFAULTS, "", [flag, "x"])
@@ -86,13 +78,13 @@ def test_every_main_job_flag_does_something_the_derived_ones_are_gone(capsys):
 
 def test_shard_and_tune_flows_refuse_bad_settings_before_any_work(tmp_path, capsys):
     out = tmp_path / "shards"
-    rc = _flow("shard_cub").main(["--source", str(tmp_path / "nonexistent"), "--output", str(out),
+    rc = load_flow("shard_cub").main(["--source", str(tmp_path / "nonexistent"), "--output", str(out),
                                   "--etl.jpeg_quality", "0", "--etl.val_fraction", "1"])
     err = capsys.readouterr().err.splitlines()
     assert rc == 2 and not out.exists()
     assert err == [f"error: --source '{tmp_path / 'nonexistent'}': not found",
                    "error: --etl.jpeg_quality 0: must be in 1..100", "error: --etl.val_fraction 1.0: must be in (0, 1)"]
-    rc = _flow("tune_ilsvrc").main(["--shards", str(out), "--background_shards", str(out), "--run.train.lr", "0",
+    rc = load_flow("tune_ilsvrc").main(["--shards", str(out), "--background_shards", str(out), "--run.train.lr", "0",
                                     "--search.lr", "0", "1", "--search.num_samples", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and "--run.train.lr 0.0: must be > 0" in err and "--search.num_samples 0: must be >= 1" in err

@@ -1,26 +1,16 @@
 """The shard flows end to end: command line -> Ray Data -> shards on S3 -> manifest, as a user runs them."""
 
 import functools
-import importlib.util
 import json
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from bgwsol.data.shards.shardset import ShardSet
-from conftest import upload_tree
+from conftest import load_flow, upload_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3]
-FLOWS = Path(__file__).resolve().parents[1] / "flows"
-
-
-def load_flow(name: str):
-    spec = importlib.util.spec_from_file_location(name, FLOWS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_shard_ilsvrc_flow_to_s3(tiny_synthetic, ray_local, bucket, capsys):
