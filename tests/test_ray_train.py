@@ -1,6 +1,7 @@
 """Ray Train V2 on CPU: 2 DDP workers over shards, checkpoints, resume by name, refusals, damaged shards,
 MLflow logging, the registry and Tune. (A node lost mid-run: tests/test_cluster_jobs.py.)"""
 
+import json
 import os
 import time
 from pathlib import Path
@@ -129,6 +130,14 @@ def test_rank0_logs_to_a_real_mlflow_server(tracked_run, mlflow_server):
     pictures = [f.path for f in client.list_artifacts(run_id, "overlays")]
     assert pictures == ["overlays/overlays_epoch000.png", "overlays/overlays_epoch001.png"]
     assert len(client.search_runs([run.info.experiment_id])) == 1  # only rank 0 logged
+    # the experiment opens on its runs (not MLflow 3's GenAI overview), and the run names the shard
+    # sets it read as dataset inputs: source URL and manifest digest (the runs table's Dataset column)
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"ilsvrc-shards", "background-shards"}
+    data = inputs["ilsvrc-shards"]
+    assert data.dataset.digest == load_state(result)["manifest"][:36]
+    assert json.loads(data.dataset.source)["uri"].endswith("ilsvrc") and data.tags[0].value == "training"
     # the S3 secret the workers inherit is in no param, tag or checkpoint
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
     assert not [k for k, v in {**run.data.params, **run.data.tags}.items() if secret in v]

@@ -131,6 +131,7 @@ PROBE_EVERY_S = 5.0           # ... again this often while it runs; and how ofte
 PROBE_TIMEOUT_S = (2.0, 5.0)  # connect, read: a host that drops packets counts as away after 2 s
 SLOW_CALL_S = 120.0           # how long a call may take while the server does answer /health (a large artifact)
 CALL_THREAD = "bgwsol-mlflow-call"
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 UNLOGGED_TAG = "bgwsol.unlogged"        # records of the run not logged (0 once replay_unlogged logged them)
 LATE_TAG = "bgwsol.logged_late"         # records held while the server was away and logged when it came back
 
@@ -224,6 +225,12 @@ def _deliver(client, run_id: str, kind: str, data: dict) -> None:
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in data["tags"].items()], synchronous=True)
     elif kind == "artifact":
         client.log_artifact(run_id, data["file"], data["artifact_path"])
+    elif kind == "inputs":
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        client.log_inputs(run_id, datasets=[
+            DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], json.dumps({"uri": d["url"]})),
+                         tags=[InputTag("mlflow.data.context", d["context"])]) for d in data["datasets"]])
     elif kind == "status" and data["status"] == "RUNNING":
         client.update_run(run_id, status="RUNNING")
     elif kind == "status":
@@ -244,6 +251,8 @@ def _missing(records: list[dict]) -> dict:
             out["params"] += list(r["params"])
         elif r["kind"] == "tags":
             out["tags"].update(r["tags"])
+        elif r["kind"] == "inputs":
+            out["tags"].update({f"input {d['name']}": d["url"] for d in r["datasets"]})
         elif r["kind"] == "artifact":
             out["artifacts"].append("/".join(filter(None, [r["artifact_path"], Path(r["file"]).name])))
         elif r["kind"] == "status":
@@ -372,7 +381,12 @@ class RunLogger:
     def _create_run(self, tags: dict) -> str:
         def create() -> str:
             exp = self.client.get_experiment_by_name(self.cfg.experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(self.cfg.experiment)
+            if exp is None:
+                exp_id = self.client.create_experiment(self.cfg.experiment, tags={EXPERIMENT_KIND: TRAINING_KIND})
+            else:
+                exp_id = exp.experiment_id
+                if EXPERIMENT_KIND not in exp.tags:  # MLflow 3 opens an experiment without a kind on its GenAI view
+                    self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND, TRAINING_KIND)
             all_tags = {"mlflow.runName": self.run_name, **tags}
             if self.parent_run_id:
                 all_tags["mlflow.parentRunId"] = self.parent_run_id
@@ -397,6 +411,15 @@ class RunLogger:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.client:
             self._log(_Record("artifact", {"file": str(Path(path).resolve()), "artifact_path": artifact_path}))
+
+    def log_inputs(self, datasets: list[dict]) -> None:
+        """Record the shard sets the run reads as MLflow dataset inputs (the runs table's Dataset
+        column, the model's lineage). Each dict: ``name``, ``url`` (where the shard set is),
+        ``digest`` (its manifest's SHA-256), ``context`` (``training``, ``background``)."""
+        if self.client and datasets:
+            self._log(_Record("inputs", {"datasets": [
+                {**d, "digest": d["digest"][:36], "source_type": "s3" if d["url"].startswith("s3://") else "local"}
+                for d in datasets]}))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.client and tags:

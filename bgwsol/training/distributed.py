@@ -15,7 +15,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 
-from bgwsol.config import RunConfig, option, to_dict
+from bgwsol.config import RunConfig, option, replace, to_dict
 from bgwsol.errors import UserError, one_line
 from bgwsol.checkpoint import CHECKPOINT_FILE  # noqa: F401 - the file name, for callers of this module
 from bgwsol.training.engine import DataPlan, FinalEvaluation, RunData
@@ -177,6 +177,8 @@ def _tracking_start(job: WorkerJob, logger):
         training.mlflow_run_id = logger.start(
             params={**flatten(to_dict(job.cfg)), **{f"cluster.{k}": v for k, v in to_dict(job.cluster).items()}},
             tags={**git_state(), "dataset_manifest_sha256": job.plan.digest, "dataset": job.plan.dataset})
+        if training.start_epoch == 0:
+            logger.log_inputs(job.plan.inputs())
 
     return start
 
@@ -244,7 +246,8 @@ def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, ca
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=None, checkpoint_score_attribute="best_score", checkpoint_score_order="max"),
         callbacks=callbacks or [])
-    job = WorkerJob(cfg, plan, cluster, name, tracking, parent_run_id)
+    # workers run elsewhere (another folder, another node): they get the storage path made absolute
+    job = WorkerJob(cfg, plan, replace(cluster, storage_path=loc.url), name, tracking, parent_run_id)
     restarts = 0
     while True:
         trainer = TorchTrainer(

@@ -68,6 +68,17 @@ class DataPlan:
     digest: str                     # the dataset manifest's SHA-256
     dataset: str
     damaged: dict[str, str] = field(default_factory=dict)  # shard URL -> why
+    source: str = ""                # the dataset shard set's URL
+    background_source: str = ""     # the background shard set's URL ("" without one)
+    background_digest: str = ""     # its manifest's SHA-256
+
+    def inputs(self) -> list[dict]:
+        """The shard sets this plan reads, as :meth:`bgwsol.tracking.runs.RunLogger.log_inputs` takes them."""
+        out = [{"name": f"{self.dataset}-shards", "url": self.source, "digest": self.digest, "context": "training"}]
+        if self.background_source:
+            out.append({"name": "background-shards", "url": self.background_source, "digest": self.background_digest,
+                        "context": "background"})
+        return out
 
     @property
     def lost(self) -> int:
@@ -85,15 +96,17 @@ def plan_data(data: RunData, uses_background: bool) -> DataPlan:
     for split in ("train", "val", "test"):
         urls[split], counts[split], bad = shards.usable(split) if split in shards.splits else ([], 0, {})
         damaged.update(bad)
-    background = None
+    background, bg_set = None, None
     if uses_background:
         if not data.background_shards:
             raise ValueError("this method needs background images: give a background shard set")
-        background, _, bad = ShardSet.open(data.background_shards).usable("background")
+        bg_set = ShardSet.open(data.background_shards)
+        background, _, bad = bg_set.usable("background")
         damaged.update(bad)
     plan = DataPlan(urls["train"], urls["val"], urls["test"], background, counts,
                     {s: shards.count(s) if s in shards.splits else 0 for s in counts}, shards.classes,
-                    shards.manifest.get("class_names"), shards.digest, shards.manifest["dataset"], damaged)
+                    shards.manifest.get("class_names"), shards.digest, shards.manifest["dataset"], damaged,
+                    shards.location.url, bg_set.location.url if bg_set else "", bg_set.digest if bg_set else "")
     if damaged:
         log.warning("%d damaged shards left out (%d samples of the dataset): %s", len(damaged), plan.lost,
                     "; ".join(f"{u}: {why}" for u, why in damaged.items()))
