@@ -14,6 +14,7 @@ started is shut down with all its worker processes, whichever way the job is sto
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -33,6 +34,13 @@ def one_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message (its type name when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def path_problem(flag: str, path: str) -> str | None:
+    """``"<flag> '<path>': not found"`` for a local path that does not exist (URLs are not checked here)."""
+    if path and "://" not in path and not Path(path).exists():
+        return f"{flag} {path!r}: not found"
+    return None
 
 
 def report_problems(problems: list[str], stream=None) -> int:

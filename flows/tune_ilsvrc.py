@@ -45,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     from bgwsol.errors import report_problems
     from bgwsol.workflows.preflight import cluster_problems, run_config_problems, search_problems
 
-    problems = run_config_problems(job.run, "run.") + cluster_problems(job.cluster, job.run.train.batch_size)
-    if problems + search_problems(job.search):
-        return report_problems(problems + search_problems(job.search))
+    problems = (run_config_problems(job.run, "run.") + cluster_problems(job.cluster, job.run.train.batch_size)
+                + search_problems(job.search))
+    if problems:
+        return report_problems(problems)
     from bgwsol.ray_init import RayConfig, init_ray
     from bgwsol.training.distributed import best_checkpoint
     from bgwsol.tracking.model_registry import log_and_register

@@ -228,6 +228,7 @@ def test_registration_with_the_tracker_away_fails_in_bounded_time_and_keeps_the_
     message = str(failed.value)
     kept = tmp_path / "kept" / "checkpoint.pt"
     assert away in message and str(kept) in message and "not lost" in message
+    assert "\n" not in message  # a UserError: entry points print its first line only, command included
     saved = load_checkpoint(kept)  # what was to be registered: no optimizer, the thresholds chosen on validation
     assert saved["taus"] == {30: 0.2, 50: 0.4, 70: 0.6} and "optimizer" not in saved
 

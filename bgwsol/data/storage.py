@@ -334,12 +334,12 @@ def wait_until_writable(loc: Location, patience_s: float, first_delay_s: float =
             check_access(loc.url, writable=True)
             return time.monotonic() - start if failed else 0.0
         except StorageError as exc:
-            waited = time.monotonic() - start
-            if "cannot reach" not in str(exc) or waited + delay > patience_s:
-                if "cannot reach" in str(exc):
-                    raise StorageError(f"{str(exc).splitlines()[0]}; still unreachable after {waited:.0f} s of "
-                                       f"retries") from exc
+            if "cannot reach" not in str(exc):  # see _explain: only unreachability may pass
                 raise
+            waited = time.monotonic() - start
+            if waited + delay > patience_s:
+                raise StorageError(f"{str(exc).splitlines()[0]}; still unreachable after {waited:.0f} s of "
+                                   f"retries") from exc
             failed = True
             sleep(delay)
             delay = min(max_delay_s, delay * 2)

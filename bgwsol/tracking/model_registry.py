@@ -123,8 +123,8 @@ def log_and_register(state: dict, *, tracking_uri: str, run_id: str, name: str, 
         + ("; the model was logged to the run" if "model_uri" in done else "")
         + (f", version {done['version']} registered, its alias not set" if "version" in done else "") + "). "
         f"The trained model is not lost: its checkpoint, with the thresholds chosen on validation, is kept at {kept} "
-        f"(and the run's checkpoints stay in its storage). Register it once the server answers with:\n  {command}"
-        + ("\n(a call was still in flight when the time ran out: look for a new version of "
+        f"(and the run's checkpoints stay in its storage). Register it once the server answers with: {command}"
+        + (" (a call was still in flight when the time ran out: look for a new version of "
            f"{name} before registering again)" if in_flight else ""))
 
 

@@ -7,18 +7,10 @@ sharded, a tracking server started and a worker group has failed (and been resta
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bgwsol.config import RunConfig
+from bgwsol.errors import path_problem
 
 SELECT_METRICS = ("top1_loc", "gt_known_loc", "maxboxacc_v2", "boxacc_v2_at_tau", "top5_loc", "top1_cls")
-
-
-def path_problem(flag: str, path: str) -> str | None:
-    """``"<flag> '<path>': not found"`` for a local path that does not exist (URLs are not checked here)."""
-    if path and "://" not in path and not Path(path).exists():
-        return f"{flag} {path!r}: not found"
-    return None
 
 
 def run_config_problems(cfg: RunConfig, prefix: str = "") -> list[str]:

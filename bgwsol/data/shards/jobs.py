@@ -171,9 +171,10 @@ def shard_job_problems(job: DatasetShardJob | BackgroundShardJob) -> list[str]:
     local ``--source`` that must exist (a URL list to crawl is a file; ``s3://`` is checked when read)."""
     from bgwsol.data.shards.etl import shard_config_problems
 
-    problems = shard_config_problems(job.etl)
-    if job.source and "://" not in job.source and not Path(job.source).exists():
-        problems.insert(0, f"--source {job.source!r}: not found")
+    from bgwsol.errors import path_problem
+
+    missing = path_problem("--source", job.source)
+    problems = ([missing] if missing else []) + shard_config_problems(job.etl)
     if not job.output:
         problems.append("--output: give a folder or s3://bucket/prefix for the shards")
     return problems
