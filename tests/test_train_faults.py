@@ -103,8 +103,8 @@ def test_a_failed_health_check_counts_as_a_lost_worker():
 
 def test_a_checkpoint_waits_for_a_store_that_comes_back_and_fails_clearly_when_it_does_not(s3_endpoint, monkeypatch):
     """The probe RaySession.report runs before each checkpoint upload, against a real S3 endpoint
-    that is down (nothing listens on its port) and comes up 2 s later (a moto server there), then
-    against one that never comes back."""
+    that is down (nothing listens on its port) and comes up during the probe's first backoff wait
+    (a moto server there), then against one that never comes back."""
     from conftest import free_port
 
     from bgwsol.data.storage import Location, StorageError, boto3_client, wait_until_writable
@@ -112,24 +112,29 @@ def test_a_checkpoint_waits_for_a_store_that_comes_back_and_fails_clearly_when_i
     boto3_client().create_bucket(Bucket="ckpt-outage")  # moto servers of one process share their buckets
     port = free_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    started = []
+    started, waits = [], []
 
-    def come_back() -> None:
+    def wait_then_come_back(seconds: float) -> None:
+        # the store comes back only after a probe has failed (a timer could fire during pyarrow's own
+        # retries of the first probe on a slow machine, which then succeeds without a wait)
         from moto.server import ThreadedMotoServer
 
-        time.sleep(2)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        started.append(server)
+        waits.append(seconds)
+        time.sleep(seconds)
+        if not started:
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()
+            started.append(server)
 
-    threading.Thread(target=come_back, daemon=True).start()
     run_dir = Location.parse("s3://ckpt-outage/runs/r1")
     try:
-        waited = wait_until_writable(run_dir, patience_s=60, first_delay_s=0.5)
+        waited = wait_until_writable(run_dir, patience_s=60, first_delay_s=0.5, sleep=wait_then_come_back)
+        left_behind = [o["Key"] for o in boto3_client().list_objects_v2(Bucket="ckpt-outage").get("Contents", [])]
     finally:
         for server in started:
             server.stop()
-    assert started and waited >= 1.0
+    assert waits == [0.5] and started and waited >= 0.5
+    assert not [key for key in left_behind if "probe" in key]  # the probe object was deleted
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # never comes back
     t0 = time.monotonic()
