@@ -85,34 +85,45 @@ def _ray_connected() -> bool:
 
 
 def run_entry_point(main: Callable[[], int], prog: str) -> int:
-    """Run ``main`` as a program's body; returns the exit status.
+    """Run ``main`` as a program's body, with a :class:`bgwsol.console.Console` open; returns the
+    exit status.
 
     * a :class:`UserError` (or a missing file, a refused permission): ``<prog>: error: <one line>``, status 1;
     * Ctrl-C or SIGTERM: ``<prog>: stopped``, status 130, after every ``finally`` of the job ran;
-    * anything else propagates with its traceback (a bug).
+    * anything else (a bug): its traceback goes to the job's log file and one line to the
+      terminal, status 1; without a log file the exception propagates with its traceback.
 
     Either way, a Ray connection ``main`` opened is shut down (a local Ray it started goes with
     all its worker processes); one that was open before is left alone.
     """
     import signal
 
+    from bgwsol.console import Console
+
     global _entry_points_running
     ray_before = _ray_connected()
     previous = _stop_on_sigterm()
     _entry_points_running += 1
+    console = Console(prog).open()
     try:
         return main()
     except KeyboardInterrupt:
-        print(f"{prog}: stopped; what finished is kept (rerun the same command to continue)", file=sys.stderr)
+        console.error("stopped; what finished is kept (rerun the same command to continue)")
         return 130
     except Exception as exc:
-        if not is_user_error(exc):
-            raise
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        return 1
+        if is_user_error(exc):
+            console.error(f"error: {one_line(exc)}")
+            return 1
+        if console.bug(exc):
+            return 1
+        raise
     finally:
         _entry_points_running -= 1
-        if not ray_before and _ray_connected():
-            sys.modules["ray"].shutdown()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        console.stop_progress()
+        try:
+            if not ray_before and _ray_connected():
+                sys.modules["ray"].shutdown()
+        finally:
+            console.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)

@@ -13,7 +13,6 @@ prints one table.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from bgwsol.errors import run_entry_point
@@ -29,5 +28,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(run_entry_point(main, "compare_local"))

@@ -32,7 +32,6 @@ from MLflow.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from bgwsol.errors import run_entry_point
@@ -55,17 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     problems = compare_problems(job)
     if problems:
         return report_problems(problems)
+    from bgwsol import console
     from bgwsol.workflows.compare import compare, outputs_text  # pulls in torch and Ray
 
+    console.log_to(job.output_dir, "compare", verbose=job.verbose)
     t0 = time.time()
     comparison = compare(job)
-    print(f"\nTest split, {len(job.seeds)} seed(s), checkpoints and thresholds chosen on validation "
-          f"({time.time() - t0:.0f} s):\n")
-    print(comparison.markdown())
-    print(outputs_text(job.output_dir, list(comparison.results), job.seeds[0]))
+    console.emit(f"\nTest split, {len(job.seeds)} seed(s), checkpoints and thresholds chosen on validation "
+                 f"({time.time() - t0:.0f} s):\n\n{comparison.markdown()}\n"
+                 f"{outputs_text(job.output_dir, list(comparison.results), job.seeds[0])}")
     return 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(run_entry_point(main, "compare_methods"))

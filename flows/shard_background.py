@@ -13,7 +13,6 @@ de-duplication; URL and license stay with each sample), then sharded like a fold
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from bgwsol.errors import run_entry_point
@@ -27,5 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(run_entry_point(main, "shard_background"))

@@ -14,7 +14,6 @@ AWS_SECRET_ACCESS_KEY. Submitted to a cluster as
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from bgwsol.errors import run_entry_point
@@ -28,5 +27,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(run_entry_point(main, "shard_ilsvrc"))

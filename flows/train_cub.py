@@ -16,7 +16,6 @@ and prints the table and where to look.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from bgwsol.errors import run_entry_point
@@ -34,5 +33,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(run_entry_point(main, "train_cub"))

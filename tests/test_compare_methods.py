@@ -105,4 +105,8 @@ def test_flow_end_to_end_one_seed_with_mlflow(tiny_synthetic, ray_local, tmp_pat
         assert child.data.metrics["maxboxacc_v2_mean"] == pytest.approx(row["maxboxacc_v2"][0])
         assert child.data.metrics["maxboxacc_v2_std"] == pytest.approx(0.0)
     assert "mask_only.maxboxacc_v2_mean" in children["bgwsol"].data.metrics
-    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"comparison.md", "comparison.json"}
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"comparison.md", "comparison.json",
+                                                                             "report.html"}
+    page = (out / "report.html").read_text()
+    # one row per table line (eigencam and bgwsol's map variants included), pictures embedded
+    assert page.count("<tr data-model=") == len(saved["rows"]) and page.count("data:image/png;base64,") > 4

@@ -256,3 +256,42 @@ def test_the_registered_model_shows_the_champion_alias(ui, browser, shots):
               lambda d: d.find_elements(By.XPATH, f'{row}//*[@title="{ALIAS}"]'))
     assert f"@ {ALIAS}" in browser.find_element(By.XPATH, row).text  # shown as a person reads it
     _screenshot(browser, shots, "registered_model")
+
+
+def test_the_report_renders_every_picture_and_the_numbers_of_results_json(pipeline_run, ui, browser, shots):
+    """report.html beside comparison.md: it renders from disk, every image in it loads, each table
+    cell holds the value results.json has, and the tuned run carries it as an MLflow artifact."""
+    import json
+
+    from mlflow import MlflowClient
+    from selenium.webdriver.common.by import By
+
+    result, work = pipeline_run
+    out = work / result["output_dir"]  # the job ran with relative paths inside its workdir
+    page = out / "report.html"
+    results = json.loads((out / "results.json").read_text())
+    _open(browser, page.as_uri())
+    _wait_for(browser, "the report's table", shots, "report", lambda d: d.find_elements(By.ID, "metrics"))
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0]);")
+    models = results["models"]
+    # the curves, the loss terms, and one tile per model and example column
+    assert len(images) >= 2 + len(models) * 4, images
+    assert all(loaded for _alt, loaded in images), [alt for alt, loaded in images if not loaded]
+    cells = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#metrics tr[data-model]')).map(r => [r.dataset.model, "
+        "Array.from(r.querySelectorAll('td[data-value]')).map(c => [c.cellIndex, Number(c.dataset.value), c.textContent])]);")
+    keys = browser.execute_script("return Array.from(document.querySelectorAll('#metrics th[data-key]')).map(h => h.dataset.key);")
+    assert [label for label, _ in cells] == [m["label"] for m in models]
+    for (label, row), model in zip(cells, models):
+        assert row, f"no numbers in the row of {label}"
+        for index, value, text in row:
+            key = keys[index - 1]
+            assert value == pytest.approx(model["test"][key], abs=1e-9) and text == f"{model['test'][key]:.1f}"
+    # the row of the delivered model is the one results.json reports as bgwsol's test metrics
+    assert models[-1]["test"] == results["test"]["bgwsol"]
+    per_class = browser.find_elements(By.CSS_SELECTOR, "#per-class tr")
+    assert len(per_class) == 1 + len(models[-1]["per_class_top1_loc"])
+    _screenshot(browser, shots, "report")
+    artifacts = [a.path for a in MlflowClient(ui["url"]).list_artifacts(ui["run"].info.run_id)]
+    assert "report.html" in artifacts

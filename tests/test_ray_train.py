@@ -56,7 +56,7 @@ def test_two_workers_train_evaluate_and_checkpoint(shard_sets, tracked_run):
 
 
 def test_rerun_with_the_same_name_continues(shard_sets, tmp_path):
-    cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path / "runs"), run_name="cont")
+    cluster = ClusterConfig(num_workers=1, storage_path=str(tmp_path / "runs"), run_name="cont")  # resume, not DDP
     first = fit(tiny_config(shard_sets, "cam", epochs=1), RunData(*shard_sets), cluster)
     before = load_state(first)
     second = fit(tiny_config(shard_sets, "cam", epochs=2), RunData(*shard_sets), cluster)

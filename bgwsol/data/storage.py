@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -270,7 +272,8 @@ def check_access(url: str | os.PathLike, *, writable: bool = False) -> Location:
         elif not p.exists():
             raise StorageError(f"{loc.url}: no such file or directory")
     if writable:
-        probe = loc.join(".bgwsol-write-probe")
+        # a name of its own: two jobs probing one prefix at once must not delete each other's probe
+        probe = loc.join(f".bgwsol-write-probe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         probe.write_bytes(b"ok")
         probe.delete()
     return loc

@@ -95,12 +95,13 @@ def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterabl
         outputs = model(images)
         logits = outputs["logits"].float().cpu().numpy()
         maps_np = {name: upsample_maps(m.scoremaps(outputs, labels), size).cpu().numpy() for name, m in methods.items()}
-        hits = {name: ev.cls.accumulate(logits, labels.cpu().numpy()) for name, ev in evals.items()}
+        labels_np = labels.cpu().numpy()
+        hits = {name: ev.cls.accumulate(logits, labels_np) for name, ev in evals.items()}
         for j, (image_id, gt, mask) in enumerate(batch_targets(batch, size)):
             for name, ev in evals.items():
                 hit1, hit5 = hits[name]
-                ev.boxes.accumulate(maps_np[name][j], gt, image_id=image_id,
-                                    top1_correct=bool(hit1[j]), top5_correct=bool(hit5[j]))
+                ev.boxes.accumulate(maps_np[name][j], gt, image_id=image_id, top1_correct=bool(hit1[j]),
+                                    top5_correct=bool(hit5[j]), label=int(labels_np[j]))
                 if mask is None:
                     ev.pxap = None
                 elif ev.pxap is not None:

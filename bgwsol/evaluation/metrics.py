@@ -50,6 +50,8 @@ class BoxAccumulator:
     top1: np.ndarray = field(init=False)
     top5: np.ndarray = field(init=False)
     count: int = 0
+    class_count: dict[int, int] = field(default_factory=dict)        # images per class (given a label)
+    class_top1: dict[int, np.ndarray] = field(default_factory=dict)  # (I, T) top-1 hits per class
 
     def __post_init__(self) -> None:
         self.thresholds = np.asarray(self.thresholds, dtype=np.float64)
@@ -67,8 +69,10 @@ class BoxAccumulator:
         image_id: str | None = None,
         top1_correct: bool = True,
         top5_correct: bool = True,
+        label: int | None = None,
     ) -> np.ndarray:
-        """Add one image. ``scoremap`` ``(H, W)`` in [0, 1]; ``gt_boxes`` ``(G, 4)`` in map pixels.
+        """Add one image. ``scoremap`` ``(H, W)`` in [0, 1]; ``gt_boxes`` ``(G, 4)`` in map pixels;
+        ``label`` (its class index) also counts it per class (:meth:`top1_loc_per_class`).
 
         Returns the ``(T,)`` best IoU per map threshold (useful for per-image reports).
         """
@@ -81,6 +85,13 @@ class BoxAccumulator:
         if top5_correct:
             self.top5 += hits
         self.count += 1
+        if label is not None:
+            label = int(label)
+            self.class_count[label] = self.class_count.get(label, 0) + 1
+            if label not in self.class_top1:
+                self.class_top1[label] = np.zeros(hits.shape, dtype=np.int32)
+            if top1_correct:
+                self.class_top1[label] = self.class_top1[label] + hits
         return best
 
     def merge(self, other: "BoxAccumulator") -> "BoxAccumulator":
@@ -96,6 +107,10 @@ class BoxAccumulator:
         self.top1 = self.top1 + other.top1
         self.top5 = self.top5 + other.top5
         self.count += other.count
+        for label, n in other.class_count.items():
+            self.class_count[label] = self.class_count.get(label, 0) + n
+            mine = self.class_top1.get(label)
+            self.class_top1[label] = other.class_top1[label] if mine is None else mine + other.class_top1[label]
         return self
 
     def _require_data(self) -> None:
@@ -130,6 +145,13 @@ class BoxAccumulator:
         """Box accuracy per IoU threshold at given map thresholds (e.g. chosen on validation)."""
         curves = self.curves()
         return {iou: float(curves[self.iou_thresholds.index(iou), self._index_of(tau)]) for iou, tau in taus.items()}
+
+    def top1_loc_per_class(self, tau: float, iou: int = 50) -> dict[int, float]:
+        """Top-1 Loc (percent) of each class at the operating threshold ``tau``; only images
+        accumulated with a ``label`` count."""
+        row, col = self.iou_thresholds.index(iou), self._index_of(tau)
+        return {label: float(self.class_top1[label][row, col] * 100.0 / n)
+                for label, n in sorted(self.class_count.items())}
 
     def loc_at(self, tau: float, iou: int = 50) -> dict[str, float]:
         """GT-known, Top-1 and Top-5 Loc (percent) at one operating threshold ``tau``."""

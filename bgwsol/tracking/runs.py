@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bgwsol.config import option
-from bgwsol.errors import UserError
+from bgwsol.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +315,21 @@ def _tag(key: str, value: str):
     from mlflow.entities import RunTag
 
     return RunTag(key, value)
+
+
+def attach_file(tracking_uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> bool:
+    """Log file ``path`` to the existing (possibly finished) run ``run_id``; returns False, with a
+    warning naming the file, when the server does not take it (the file stays where it is)."""
+    if not tracking_uri or not run_id:
+        return False
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri).log_artifact(run_id, str(path), artifact_path)
+        return True
+    except Exception as exc:  # the report is on disk either way
+        log.warning("%s was not logged to MLflow run %s (%s); it is on disk", path, run_id, one_line(exc))
+        return False
 
 
 class RunLogger:

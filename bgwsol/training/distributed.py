@@ -201,7 +201,11 @@ def train_loop_per_worker(config: dict) -> None:
     from bgwsol.data.storage import Location
 
     session = RaySession(Location.parse(job.cluster.storage_path).join(job.run_name), job.cluster.storage_patience_s)
-    train(job.cfg, job.plan, worker, session, logger if on_start else None, on_start)
+    from bgwsol.progress import ProgressSender
+
+    progress = (ProgressSender(job.run_name, job.cfg.train.epochs, job.cfg.eval.select_metric)
+                if worker.rank == 0 else None)
+    train(job.cfg, job.plan, worker, session, logger if on_start else None, on_start, progress)
     if on_start is not None:
         logger.end()
 
@@ -312,6 +316,17 @@ def best_checkpoint(result) -> tuple[dict, dict]:
     with ckpt.as_directory() as d:
         state = load_checkpoint(d)
     return state, metrics
+
+
+def run_history(result) -> list[dict]:
+    """Every epoch record of a finished Ray Train run (its latest checkpoint's history; the best
+    checkpoint's stops at the best epoch)."""
+    from bgwsol.checkpoint import load_checkpoint
+
+    if result.checkpoint is None:
+        return []
+    with result.checkpoint.as_directory() as d:
+        return list(load_checkpoint(d).get("history", []))
 
 
 def load_result(storage_path: str, run_name: str):

@@ -31,6 +31,7 @@ from bgwsol.checkpoint import build_model, model_from_state
 from bgwsol.config import EvalConfig, RunConfig, to_dict
 from bgwsol.evaluation.evaluator import SplitEvaluation, evaluate, overlay_grid
 from bgwsol.methods import Method, build_method
+from bgwsol.progress import ProgressSender
 
 log = logging.getLogger(__name__)
 
@@ -284,22 +285,37 @@ def overlay_batch(urls: list[str], input_size: int, count: int = 8) -> dict:
 @dataclass
 class FinalEvaluation:
     """A trained checkpoint scored once: per map variant the validation metrics at its own best
-    thresholds, the thresholds chosen there (IoU percent -> τ), and the test metrics at them."""
+    thresholds, the thresholds chosen there (IoU percent -> τ), and the test metrics at them;
+    for the report, per variant the test split's box accuracy curves (``{"thresholds": [T],
+    "boxacc": {IoU: [T] percent}}``) and Top-1 Loc per class index at the validation τ (IoU 50)."""
 
     val: dict[str, dict[str, float]]
     taus: dict[str, dict[int, float]]
     test: dict[str, dict[str, float]]
+    test_curves: dict[str, dict] = field(default_factory=dict)
+    test_per_class: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"val": self.val, "test": self.test,
-                "taus_from_val": {v: {str(k): t for k, t in taus.items()} for v, taus in self.taus.items()}}
+                "taus_from_val": {v: {str(k): t for k, t in taus.items()} for v, taus in self.taus.items()},
+                "test_curves": self.test_curves,
+                "test_top1_loc_per_class": {v: {str(k): x for k, x in per.items()}
+                                            for v, per in self.test_per_class.items()}}
+
+
+def box_curves(ev: SplitEvaluation) -> dict:
+    """``{"thresholds": [T], "boxacc": {IoU: [T]}}``: box accuracy (percent) against the map threshold."""
+    return {"thresholds": [float(t) for t in ev.boxes.thresholds],
+            "boxacc": {int(iou): [float(x) for x in row] for iou, row in zip(ev.boxes.iou_thresholds, ev.boxes.curves())}}
 
 
 def summarize(val: dict[str, SplitEvaluation], test: dict[str, SplitEvaluation]) -> FinalEvaluation:
     """Thresholds per variant from the merged validation accumulators, test metrics at them."""
     taus = {name: ev.boxes.best_thresholds() for name, ev in val.items()}
     return FinalEvaluation({n: ev.summary() for n, ev in val.items()}, taus,
-                           {n: ev.summary(taus[n]) for n, ev in test.items()})
+                           {n: ev.summary(taus[n]) for n, ev in test.items()},
+                           {n: box_curves(ev) for n, ev in test.items()},
+                           {n: ev.boxes.top1_loc_per_class(taus[n][50]) for n, ev in test.items() if 50 in taus[n]})
 
 
 def evaluate_checkpoint(state: dict, plan: DataPlan, worker: Worker, post_hoc: Iterable[str] = ()
@@ -392,10 +408,11 @@ def train_stream(training: Training):
     return stream, DataLoader(stream, batch_size=None, num_workers=worker.loader_workers)
 
 
-def train_one_epoch(training: Training, loader, epoch: int, logger: EpochLogger | None = None) -> dict:
+def train_one_epoch(training: Training, loader, epoch: int, logger: EpochLogger | None = None,
+                    progress: ProgressSender | None = None) -> dict:
     """One pass of optimizer steps; returns the epoch's record (mean loss terms, images/s over
     all ranks, samples skipped as corrupt, learning rate). Logs the loss terms every
-    ``train.log_every`` steps through ``logger``."""
+    ``train.log_every`` steps through ``logger``; tells ``progress`` after each step."""
     from bgwsol.data.loader import normalize
 
     worker, cfg = training.worker, training.cfg
@@ -422,6 +439,9 @@ def train_one_epoch(training: Training, loader, epoch: int, logger: EpochLogger 
         if logger is not None and step % cfg.train.log_every == 0:
             logger.log_metrics({**{f"step/{k}": v for k, v in values.items()},
                                 "step/lr": training.scheduler.get_last_lr()[0]}, step)
+        if progress is not None:
+            progress.step(epoch, step - epoch * training.steps_per_epoch, training.steps_per_epoch,
+                          seen * worker.world, time.perf_counter() - t0)
     elapsed = time.perf_counter() - t0
     return {"epoch": epoch, "images_per_s": seen * worker.world / elapsed, "skipped_samples": skipped,
             "damaged_shards": len(training.plan.damaged), "damaged_samples": training.plan.lost,
@@ -473,14 +493,15 @@ def log_overlays(training: Training, logger: EpochLogger, batch: dict, tau: floa
 
 
 def train(cfg: RunConfig, plan: DataPlan, worker: Worker, session: Session, logger: EpochLogger | None = None,
-          on_start=None) -> Training:
+          on_start=None, progress: ProgressSender | None = None) -> Training:
     """Train ``cfg`` on ``plan`` as rank ``worker.rank`` of ``worker.world``, from the session's
     latest checkpoint if it has one. Each epoch: steps, validation every ``train.eval_every``
     epochs (and at the end), one report to ``session`` (with the checkpoint on rank 0).
 
     ``logger`` (rank 0 only) receives step and epoch metrics and the overlay pictures;
     ``on_start(training)`` (rank 0) runs once the model is built and any checkpoint restored,
-    e.g. to open the tracking run whose id the checkpoint carries.
+    e.g. to open the tracking run whose id the checkpoint carries; ``progress`` (rank 0) gets
+    step and epoch events for a console.
     """
     training = build_training(cfg, plan, worker)
     state = session.latest_state()
@@ -492,7 +513,7 @@ def train(cfg: RunConfig, plan: DataPlan, worker: Worker, session: Session, logg
     overlays = None
     for epoch in range(training.start_epoch, cfg.train.epochs):
         stream.set_epoch(epoch)
-        record = train_one_epoch(training, loader, epoch, logger)
+        record = train_one_epoch(training, loader, epoch, logger, progress)
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             record.update(validate(training))
             if logger is not None:
@@ -507,6 +528,8 @@ def train(cfg: RunConfig, plan: DataPlan, worker: Worker, session: Session, logg
         if logger is not None:
             logger.log_metrics({k: v for k, v in record.items() if k != "epoch"}, epoch)
         session.report(record, state)
+        if progress is not None:
+            progress.epoch(record)
         if worker.rank == 0:
             log.info("[%s] epoch %d/%d  loss %.3f  %.0f img/s  val %s %.1f", cfg.method.name, epoch + 1,
                      cfg.train.epochs, record.get("train_loss", float("nan")), record["images_per_s"],

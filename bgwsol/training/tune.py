@@ -102,6 +102,43 @@ class TuneOutcome:
         return load_result(self.storage_path, self.best_trial_run_name)
 
 
+def trial_lines(total: int, metric: str, mode: str, epochs: int):
+    """A Tune callback (on the driver) logging one line as each trial ends: its best ``metric``,
+    whether ASHA stopped it before ``epochs``, how many of ``total`` trials are done, and the
+    best so far."""
+    from ray.tune import Callback
+
+    better = max if mode == "max" else min
+
+    class TrialLines(Callback):
+        def __init__(self) -> None:
+            self.best_of: dict[str, float] = {}
+            self.done: set[str] = set()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            if metric in result:
+                value = float(result[metric])
+                self.best_of[trial.trial_id] = better(value, self.best_of.get(trial.trial_id, value))
+
+        def _ended(self, trial, how: str) -> None:
+            self.done.add(trial.trial_id)
+            epochs = (trial.last_result or {}).get("training_iteration", 0)
+            mine = self.best_of.get(trial.trial_id)
+            leader = better(self.best_of.items(), key=lambda kv: kv[1]) if self.best_of else None
+            log.info("search: trial %s %s after %d epoch(s)%s; %d of %d trials done%s", trial.trial_id, how, epochs,
+                     f", best {metric} {mine:.1f}" if mine is not None else "", len(self.done), total,
+                     f", best so far {leader[1]:.1f} (trial {leader[0]})" if leader else "")
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            trained = (trial.last_result or {}).get("training_iteration", 0)
+            self._ended(trial, "finished" if trained >= epochs else "stopped by ASHA")
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._ended(trial, "failed")
+
+    return TrialLines()
+
+
 def run_search(base: RunConfig, data: RunData, cluster: ClusterConfig, tracking: TrackingConfig, search: SearchConfig,
                name: str = "tune", points_to_evaluate: list[dict] | None = None) -> TuneOutcome:
     """Optuna + ASHA over :data:`PARAMS`; returns the best trial (by ``search.metric`` at its best epoch).
@@ -144,7 +181,9 @@ def run_search(base: RunConfig, data: RunData, cluster: ClusterConfig, tracking:
                 search_alg=OptunaSearch(points_to_evaluate=points_to_evaluate, seed=search.seed),
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.train.epochs,
                                         grace_period=search.grace_period, reduction_factor=search.reduction_factor)),
-            run_config=tune.RunConfig(name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem()))
+            run_config=tune.RunConfig(name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem(),
+                                      callbacks=[trial_lines(search.num_samples, search.metric, search.mode,
+                                                                 base.train.epochs)]))
     grid = tuner.fit()
     best = grid.get_best_result(metric=search.metric, mode=search.mode, scope="all")
     results = list(grid)

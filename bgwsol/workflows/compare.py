@@ -22,10 +22,11 @@ import numpy as np
 from bgwsol.config import RunConfig, flatten, option, replace, to_dict
 from bgwsol.data.shards.etl import ShardConfig
 from bgwsol.data.shards.jobs import DataSources
+from bgwsol.evaluation.report import COLUMNS
 from bgwsol.ray_init import RayConfig
 from bgwsol.tracking.runs import TrackingConfig
 from bgwsol.training.distributed import ClusterConfig
-from bgwsol.training.engine import DataPlan, RunData
+from bgwsol.training.engine import DataPlan, FinalEvaluation, RunData
 
 
 @dataclass
@@ -38,14 +39,15 @@ class RunResult:
     test: dict[str, dict[str, float]]
     taus: dict[int, float]
     history: list[dict]
+    final: FinalEvaluation | None = None       # every variant's thresholds, curves and per-class scores
+    class_names: list[str] = field(default_factory=list)
+    examples: dict = field(default_factory=dict)  # variant -> ExampleMaps, for report.html
 
 log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("maxboxacc_v2", "boxacc_v2_at_tau", "maxboxacc_iou70", "gt_known_loc", "top1_loc", "top5_loc",
                  "top1_cls", "pxap")
-HEADERS = {"maxboxacc_v2": "MaxBoxAccV2", "boxacc_v2_at_tau": "BoxAccV2 @ val τ", "maxboxacc_iou70": "IoU70",
-           "gt_known_loc": "GT-known Loc", "top1_loc": "Top-1 Loc", "top5_loc": "Top-5 Loc", "top1_cls": "Top-1 cls",
-           "pxap": "PxAP"}
+HEADERS = COLUMNS  # metric -> column header, shared with report.html
 GOAL_METHOD, GOAL_METRIC = "bgwsol", "maxboxacc_v2"
 
 
@@ -179,6 +181,8 @@ class CompareConfig(DataSources):
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     etl: ShardConfig = field(default_factory=ShardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    verbose: bool = option(False, "show Ray's and MLflow's own output on the console too (it always goes to "
+                                  "<output_dir>/logs/)")
 
 
 def run_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfig, post_hoc: list[str],
@@ -187,6 +191,7 @@ def run_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfi
     its run name exists), its best checkpoint by validation, then validation (thresholds per map)
     and test on the workers; ``post_hoc`` maps are scored on the same model in the same passes.
     Writes config.yaml, history.jsonl, results.json and overlays_test.png into ``out_dir``."""
+    from bgwsol.evaluation.report import class_names, score_examples
     from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag
     from bgwsol.training.engine import test_overlays, write_run_files
 
@@ -194,7 +199,9 @@ def run_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfi
     state, _ = best_checkpoint(fit(cfg, data, replace(cluster, run_name=name)))
     final = evaluate(state, plan, cluster, post_hoc)
     write_run_files(out_dir, cfg, state, final, test_overlays(state, plan, final.taus["main"][50]))
-    return RunResult(Path(out_dir), final.val, final.test, final.taus["main"], state.get("history", []))
+    examples = score_examples(state, {v: taus[50] for v, taus in final.taus.items() if 50 in taus}, plan.test)
+    return RunResult(Path(out_dir), final.val, final.test, final.taus["main"], state.get("history", []), final,
+                     class_names(state), examples)
 
 
 def outputs_text(output_dir: str | Path, methods: list[str], seed: int) -> str:
@@ -263,11 +270,35 @@ def compare(job: CompareConfig) -> Comparison:
     results = {method: [done[(method, seed)] for seed in job.seeds] for method in plan}
     comparison = Comparison(results, post_hoc, list(job.methods))
     (out / "comparison.md").write_text(comparison.markdown() + "\n")
+    comparison_report(comparison, out / "report.html", scoring.test, job.run.data.input_size, list(job.seeds))
     (out / "comparison.json").write_text(json.dumps({"methods": list(job.methods), "seeds": list(job.seeds),
                                                      "seconds": time.time() - t0, "goal": comparison.goal(),
                                                      "rows": comparison.rows()}, indent=2))
     log_comparison(comparison, job.run, list(job.seeds), job.tracking, out)
     return comparison
+
+
+def comparison_report(comparison: Comparison, path: Path, test_urls: list[str], input_size: int,
+                      seeds: list[int]) -> Path:
+    """``report.html`` of a comparison: the table's means over seeds; the curves, per-class
+    scores, examples and loss terms of each line's first seed."""
+    from bgwsol.evaluation.report import ModelReport, example_tiles, per_class_by_name, write_report
+
+    models, examples = [], {}
+    for row, entry in zip(comparison.table_rows(), comparison.rows()):
+        first = comparison.results[row.trained][0]
+        final = first.final
+        means = {m: entry[m][0] for m in TABLE_METRICS if m in entry}
+        models.append(ModelReport(row.label, means, dict(final.taus.get(row.variant, {})) if final else {},
+                                  final.test_curves.get(row.variant, {}) if final else {},
+                                  per_class_by_name(final, row.variant, first.class_names) if final else {},
+                                  first.history))
+        if row.variant in first.examples:
+            examples[row.label] = first.examples[row.variant]
+    notes = [f"Table: means over {len(seeds)} seed(s) {seeds}; curves, per-class scores, pictures and loss terms: "
+             f"seed {seeds[0]} of each method.", comparison.goal()]
+    tiles = example_tiles(examples, test_urls, input_size, rank_by=GOAL_METHOD) if examples else None
+    return write_report(path, "bgwsol: methods compared", models, tiles, [n for n in notes if n])
 
 
 def _metric_name(key: str) -> str:
@@ -295,8 +326,9 @@ def log_comparison(comparison: Comparison, base: RunConfig, seeds: list[int], tr
         goal = comparison.goal()
         if goal:
             parent.set_tags({"goal": goal})
-        for name in ("comparison.md", "comparison.json"):
-            parent.log_artifact(out / name)
+        for name in ("comparison.md", "comparison.json", "report.html"):
+            if (out / name).exists():
+                parent.log_artifact(out / name)
         for method in methods:
             child = RunLogger(tracking, method, parent_run_id=parent.run_id)
             mine = [r for r in rows if r.method == method]

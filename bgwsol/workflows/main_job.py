@@ -41,6 +41,8 @@ class PipelineConfig(DataSources):
     output_dir: str = option("outputs/train_ilsvrc", "tables, logs and the local MLflow store")
     model_name: str = option("", "registered model name (empty: bgwsol-<dataset>)")
     baseline: str = option("cam", "baseline method trained once beside the search ('' to skip)")
+    verbose: bool = option(False, "show Ray's, Tune's and MLflow's own output on the console too (it always goes to "
+                                  "<output_dir>/logs/)")
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -64,12 +66,13 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step; returns ``{"table", "test", "registration", "tracking_uri", "ui_command", ...}``."""
+    from bgwsol.progress import stage
     from bgwsol.tracking import local_server as mlflow_server
     from bgwsol.ray_init import RayConfig, init_ray
-    from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag
+    from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag, run_history
     from bgwsol.training.engine import RunData, plan_data
     from bgwsol.tracking.model_registry import log_and_register
-    from bgwsol.tracking.runs import check_tracking, resolve_uri
+    from bgwsol.tracking.runs import attach_file, check_tracking, resolve_uri
     from bgwsol.training.tune import params_of, run_search
 
     out = Path(cfg.output_dir)
@@ -81,8 +84,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         # the server imports and migrates its store while the data is sharded
         server = mlflow_server.launch(out / "mlflow")
     try:
-        init_ray(RayConfig())
-        data = RunData(*prepare_shards(cfg))
+        with stage("Ray"):
+            init_ray(RayConfig())
+        with stage(f"data: shards of {cfg.source or 'the embedded synthetic ' + cfg.dataset.upper()}"):
+            data = RunData(*prepare_shards(cfg))
         base = cfg.run
         if server is not None:
             tracking = replace(tracking, tracking_uri=server.wait_ready().url)
@@ -90,40 +95,70 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             log.info("MLflow tracking server for this run: %s", server.url)
         scoring = plan_data(data, False)  # the intact validation and test shards, for both models
         rows, test = {}, {}
+        scored = []  # (table row, checkpoint state, its FinalEvaluation, map variant) for the report
         if cfg.baseline:
             cam_cfg = replace(base, **{"method.name": cfg.baseline})
             # the name carries the training's identity: a rerun continues the same baseline, a changed
             # config starts a new one instead of being refused
             tag = identity_tag(cam_cfg, scoring.digest)
-            cam = fit(cam_cfg, data, replace(cfg.cluster, run_name=f"{cfg.baseline}-{cfg.dataset}-{tag}"),
-                      tracking=tracking)
-            state, _ = best_checkpoint(cam)
-            final = evaluate(state, scoring, cfg.cluster)
-            test[cfg.baseline] = rows[cfg.baseline] = final.test["main"]
+            name = f"{cfg.baseline}-{cfg.dataset}-{tag}"
+            with stage(f"baseline: {cfg.baseline} ({cfg.cluster.num_workers} Ray Train worker(s), run {name})"):
+                cam = fit(cam_cfg, data, replace(cfg.cluster, run_name=name), tracking=tracking)
+                cam_state, _ = best_checkpoint(cam)
+                cam_final = evaluate(cam_state, scoring, cfg.cluster)
+            test[cfg.baseline] = rows[cfg.baseline] = cam_final.test["main"]
+            scored.append((cfg.baseline, {**cam_state, "history": run_history(cam)}, cam_final, "main"))
         # the first trial is the configured default, the rest are Optuna's proposals
         # named by what it depends on, like the baseline: a rerun continues the same search (Tune's
         # restore), a changed configuration or search space starts a new one
         search_tag = identity_tag(base, scoring.digest + json.dumps(to_dict(cfg.search), sort_keys=True))
-        outcome = run_search(base, data, cfg.cluster, tracking, cfg.search,
-                             name=f"tune-bgwsol-{cfg.dataset}-{search_tag}", points_to_evaluate=[params_of(base)])
-        state, metrics = best_checkpoint(outcome.best_run())
-        final = evaluate(state, scoring, cfg.cluster)
-        registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
-                                        name=cfg.model_name or f"bgwsol-{cfg.dataset}", metric=metrics["score"],
-                                        taus=final.taus["main"])
+        with stage(f"search: Ray Tune over bgwsol's loss weights ({cfg.search.num_samples} trials)"):
+            outcome = run_search(base, data, cfg.cluster, tracking, cfg.search,
+                                 name=f"tune-bgwsol-{cfg.dataset}-{search_tag}", points_to_evaluate=[params_of(base)])
+        with stage("test: the best trial's best checkpoint on the test split"):
+            best_run = outcome.best_run()
+            state, metrics = best_checkpoint(best_run)
+            final = evaluate(state, scoring, cfg.cluster)
+        with stage("registry"):
+            registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
+                                            name=cfg.model_name or f"bgwsol-{cfg.dataset}", metric=metrics["score"],
+                                            taus=final.taus["main"])
         test["bgwsol"] = rows["bgwsol (tuned)"] = final.test["main"]
+        shown = {**state, "history": run_history(best_run)}  # the loss curves of the whole run
+        scored.append(("bgwsol (tuned)", shown, final, "main"))
         for variant in ("cam_only", "mask_only"):
             if variant in final.test:  # each map at the thresholds it chose on validation
                 rows[f"bgwsol ({variant.replace('_', ' ')})"] = final.test[variant]
+                scored.insert(-1, (f"bgwsol ({variant.replace('_', ' ')})", shown, final, variant))
         table = markdown_table(rows)
         (out / "comparison.md").write_text(table + "\n")
+        with stage("report"):
+            models = write_job_report(out / "report.html", scored, scoring.test, f"bgwsol main job: {cfg.dataset}",
+                                      [f"best bgwsol weights: {outcome.best_params}",
+                                       f"registered {registration.name} version {registration.version}"])
+            attach_file(tracking.tracking_uri, state["mlflow_run_id"], out / "report.html")
         (out / "results.json").write_text(json.dumps({"test": test, "best_params": outcome.best_params,
-                                                      "registration": registration.__dict__}, indent=2, default=str))
+                                                      "registration": registration.__dict__,
+                                                      "models": [m.to_json() for m in models]}, indent=2, default=str))
         return {"table": table, "test": test, "registration": registration, "tracking_uri": tracking.tracking_uri,
                 "ui_command": ui, "best_params": outcome.best_params, "output_dir": str(out)}
     finally:
         if server is not None:
             server.stop()
+
+
+def write_job_report(path: Path, scored: list[tuple], test_urls: list[str], title: str, notes: list[str]) -> list:
+    """``report.html`` for rows ``(label, checkpoint state, FinalEvaluation, map variant)``, the
+    last one the model the job delivers; returns the rows' :class:`~bgwsol.evaluation.report.ModelReport`."""
+    from bgwsol.evaluation.report import example_tiles, model_report, score_examples, write_report
+
+    models = [model_report(label, final, state, variant) for label, state, final, variant in scored]
+    maps = {}
+    for label, state, final, variant in scored:
+        maps[label] = score_examples(state, {variant: final.taus[variant][50]}, test_urls)[variant]
+    input_size = scored[-1][1]["config"]["data"]["input_size"]
+    write_report(path, title, models, example_tiles(maps, test_urls, input_size), notes)
+    return models
 
 
 def report(result: dict, seconds: float) -> str:
@@ -133,7 +168,8 @@ def report(result: dict, seconds: float) -> str:
              f"\nbest bgwsol weights: {result['best_params']}",
              f"registered {reg.name} version {reg.version}"
              + (" -> alias champion" if reg.champion else " (champion unchanged: not better)"),
-             f"\nOutputs: {result['output_dir']}/{{comparison.md,results.json,pipeline.yaml}}"]
+             f"\nReport: {Path(result['output_dir']).resolve() / 'report.html'}",
+             f"Outputs: {result['output_dir']}/{{comparison.md,results.json,pipeline.yaml,logs/}}"]
     if result["ui_command"]:
         lines.append(f"Browse the runs (then open http://127.0.0.1:5000):\n  {result['ui_command']}")
     else:
@@ -231,8 +267,12 @@ def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
         from bgwsol.errors import report_problems
 
         return report_problems(problems)
+    from bgwsol import console
+
+    console.log_to(cfg.output_dir, "train", verbose=cfg.verbose)
     save_config(cfg)
     t0 = time.time()
     result = run_pipeline(cfg)
-    print(report(result, time.time() - t0))
+    console.emit(report(result, time.time() - t0))
     return 0
+
