@@ -256,3 +256,29 @@ def test_iam_policies_scope_s3_to_the_bucket_and_passrole_to_the_worker_role():
                 assert all("BUCKET_NAME" in r for r in resources), f"{name}: S3 beyond the bucket"
             if "iam:PassRole" in actions:
                 assert resources == ["arn:aws:iam::ACCOUNT_ID:role/bgwsol-ray-worker"]
+
+
+def test_rayservice_deploys_the_serve_application_of_bgwsol_serve():
+    import ray
+    from ray.serve.schema import ServeDeploySchema
+
+    from bgwsol.serving import http
+
+    docs = [d for d in yaml.safe_load_all((INFRA / "kuberay" / "rayservice.yaml").read_text()) if d]
+    (service,) = [d for d in docs if d.get("kind") == "RayService"]
+    assert service["apiVersion"] == "ray.io/v1"
+    assert service["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
+    config = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))  # Ray's own schema
+    (app,) = config.applications
+    module, _, builder = app.import_path.partition(":")
+    assert module == http.__name__ and callable(getattr(http, builder))
+    assert set(app.args) <= {f.name for f in __import__("dataclasses").fields(http.ServeConfig)}
+    assert not http.serve_problems(http.ServeConfig(**app.args))
+    (deployment,) = app.deployments
+    assert deployment.name == "BgwsolLocalizer"  # the class build_app deploys
+    assert deployment.ray_actor_options.num_cpus == app.args["cpus_per_replica"]
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    for group in [head, *service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]:
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0].get("env", [])}
+        assert "value" not in env["MLFLOW_TRACKING_PASSWORD"]  # from a Secret

@@ -1,4 +1,4 @@
-"""The ``bgwsol`` command: ``bgwsol localize --model MODEL IMAGE...``."""
+"""The ``bgwsol`` command: ``bgwsol localize --model MODEL IMAGE...`` and ``bgwsol serve --model MODEL``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,26 @@ from pathlib import Path
 import numpy as np
 
 
-def _load_localizer(model: str, tau: float | None, tracking_uri: str):
+def registered_artifacts(model: str, tracking_uri: str) -> str:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> where that version's files are,
+    asked of ``tracking_uri``'s registry (MLflow itself resolves ``models:/`` with the registry of
+    the environment, MLFLOW_TRACKING_URI, whatever tracking URI it is given). Other URIs as they are."""
+    if not tracking_uri or not model.startswith("models:/"):
+        return model
+    from mlflow import MlflowClient
+
+    name, alias_sep, rest = model[len("models:/"):].partition("@")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if alias_sep:
+        version = client.get_model_version_by_alias(name, rest).version
+    elif "/" in name:
+        name, version = name.split("/", 1)
+    else:
+        return model  # a logged model's id: the tracking store resolves it
+    return client.get_model_version_download_uri(name, version)
+
+
+def load_localizer(model: str, tau: float | None, tracking_uri: str):
     """A Localizer from a checkpoint (``checkpoint.pt`` or its folder) or a registered model URI
     (``models:/name@alias``, ``runs:/...``): the checkpoint file the registry logged with it."""
     from bgwsol.checkpoint import CHECKPOINT_FILE
@@ -19,7 +38,8 @@ def _load_localizer(model: str, tau: float | None, tracking_uri: str):
         return Localizer.from_checkpoint(model, tau)
     import mlflow.artifacts
 
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=tracking_uri or None))
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=registered_artifacts(model, tracking_uri),
+                                                      tracking_uri=tracking_uri or None))
     found = sorted(folder.rglob(CHECKPOINT_FILE))
     if not found:
         raise FileNotFoundError(f"{model} holds no {CHECKPOINT_FILE}: not a bgwsol model")
@@ -32,7 +52,7 @@ def localize_main(args: argparse.Namespace) -> int:
     from bgwsol.evaluation.viz import overlay
 
     try:
-        localizer = _load_localizer(args.model, args.tau, args.tracking_uri)
+        localizer = load_localizer(args.model, args.tau, args.tracking_uri)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported with the model named
         print(f"error: cannot load model {args.model!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
               file=sys.stderr)
@@ -56,6 +76,40 @@ def localize_main(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def serve_main(args: argparse.Namespace) -> int:
+    """Deploy the model with Ray Serve (on RAY_ADDRESS's cluster, or a local Ray) until Ctrl-C."""
+    import time
+
+    from bgwsol.config import config_from_args
+    from bgwsol.errors import report_problems
+    from bgwsol.ray_init import RayConfig, init_ray
+    from bgwsol.serving.http import ServeConfig, serve_problems, start
+
+    cfg = config_from_args(ServeConfig, args, ServeConfig())
+    problems = serve_problems(cfg)
+    if problems:
+        return report_problems(problems)
+    try:  # the model must load here before any replica tries
+        localizer = load_localizer(cfg.model, None if cfg.tau < 0 else cfg.tau, cfg.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - any load failure is reported with the model named
+        print(f"error: cannot load model {cfg.model!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 2
+    from ray import serve
+
+    init_ray(RayConfig())
+    try:
+        url = start(cfg)
+        print(f"serving {cfg.model} ({len(localizer.class_names)} classes, tau {localizer.tau:.2f}, "
+              f"{cfg.replicas} replica(s), batches of up to {cfg.max_batch_size})\n"
+              f"  curl -X POST --data-binary @IMAGE.jpg -H 'Content-Type: image/jpeg' {url}/localize\n"
+              f"  health: {url}/health; Ctrl-C stops", flush=True)
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgwsol", description="Weakly supervised object localization with background images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--out", default="localized", help="folder for the overlay PNGs (default: ./localized)")
     loc.add_argument("images", nargs="+", help="image files")
     loc.set_defaults(func=localize_main)
+    from bgwsol.config import add_config_args
+    from bgwsol.serving.http import ServeConfig
+
+    srv = sub.add_parser("serve", help="the model over HTTP with Ray Serve (batching, health route, replicas)",
+                         description="Runs a Ray Serve application answering POST /localize (the image's bytes "
+                                     "or a multipart upload) with JSON: class name and index, score, box in the "
+                                     "image's pixels, and with ?heatmap=true the overlay as a PNG (base64). "
+                                     "GET /health describes the model. On RAY_ADDRESS's cluster, else a local Ray.")
+    add_config_args(srv, ServeConfig, ServeConfig())
+    srv.set_defaults(func=serve_main)
     return parser
 
 

@@ -47,24 +47,31 @@ class Localizer:
 
         return cls(load_checkpoint(path), tau)
 
-    @torch.no_grad()
     def __call__(self, image: Image.Image) -> Localization:
+        return self.batch([image])[0]
+
+    @torch.no_grad()
+    def batch(self, images: list[Image.Image]) -> list[Localization]:
+        """Localize several images in one forward pass (each resized to the input size; boxes
+        and heatmaps come back at each image's own size)."""
         from bgwsol.data.loader import normalize, pil_to_uint8
         from bgwsol.evaluation.evaluator import upsample_maps
         from bgwsol.evaluation.scoremaps import boxes_at_threshold
 
-        image = image.convert("RGB")
-        w, h = image.size
+        images = [image.convert("RGB") for image in images]
         size = self.cfg.data.input_size
-        x = normalize(pil_to_uint8(image.resize((size, size), Image.BILINEAR))[None])
+        x = normalize(torch.stack([pil_to_uint8(image.resize((size, size), Image.BILINEAR)) for image in images]))
         out = self.model(x)
-        probs = torch.softmax(out["logits"].float(), 1)[0]
-        label = int(probs.argmax())
+        probs = torch.softmax(out["logits"].float(), 1)
+        labels = probs.argmax(1)
         s = self.cfg.eval.scoremap_size
-        smap = upsample_maps(self.method.scoremaps(out, torch.tensor([label])), s)[0].numpy()
-        boxes = boxes_at_threshold(smap, self.tau)
-        x0, y0, x1, y1 = (int(v) for v in boxes[0])
-        box = (int(x0 * w / s), int(y0 * h / s), min(w - 1, int(x1 * w / s)), min(h - 1, int(y1 * h / s)))
-        heat = np.asarray(Image.fromarray((smap * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR),
-                          np.float32) / 255.0
-        return Localization(label, self.class_names[label], float(probs[label]), box, heat)
+        smaps = upsample_maps(self.method.scoremaps(out, labels), s).numpy()
+        found = []
+        for image, label, row, smap in zip(images, labels.tolist(), probs, smaps):
+            w, h = image.size
+            x0, y0, x1, y1 = (int(v) for v in boxes_at_threshold(smap, self.tau)[0])
+            box = (int(x0 * w / s), int(y0 * h / s), min(w - 1, int(x1 * w / s)), min(h - 1, int(y1 * h / s)))
+            heat = np.asarray(Image.fromarray((smap * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR),
+                              np.float32) / 255.0
+            found.append(Localization(label, self.class_names[label], float(row[label]), box, heat))
+        return found

@@ -22,7 +22,7 @@ import numpy as np
 from bgwsol.config import RunConfig, flatten, option, replace, to_dict
 from bgwsol.data.shards.etl import ShardConfig
 from bgwsol.data.shards.jobs import DataSources
-from bgwsol.evaluation.report import COLUMNS
+from bgwsol.workflows.report import COLUMNS
 from bgwsol.ray_init import RayConfig
 from bgwsol.tracking.runs import TrackingConfig
 from bgwsol.training.distributed import ClusterConfig
@@ -191,7 +191,7 @@ def run_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfi
     its run name exists), its best checkpoint by validation, then validation (thresholds per map)
     and test on the workers; ``post_hoc`` maps are scored on the same model in the same passes.
     Writes config.yaml, history.jsonl, results.json and overlays_test.png into ``out_dir``."""
-    from bgwsol.evaluation.report import class_names, score_examples
+    from bgwsol.workflows.report import class_names, score_examples
     from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag
     from bgwsol.training.engine import test_overlays, write_run_files
 
@@ -282,7 +282,7 @@ def comparison_report(comparison: Comparison, path: Path, test_urls: list[str], 
                       seeds: list[int]) -> Path:
     """``report.html`` of a comparison: the table's means over seeds; the curves, per-class
     scores, examples and loss terms of each line's first seed."""
-    from bgwsol.evaluation.report import ModelReport, example_tiles, per_class_by_name, write_report
+    from bgwsol.workflows.report import ModelReport, example_tiles, per_class_by_name, write_report
 
     models, examples = [], {}
     for row, entry in zip(comparison.table_rows(), comparison.rows()):

@@ -149,8 +149,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
 def write_job_report(path: Path, scored: list[tuple], test_urls: list[str], title: str, notes: list[str]) -> list:
     """``report.html`` for rows ``(label, checkpoint state, FinalEvaluation, map variant)``, the
-    last one the model the job delivers; returns the rows' :class:`~bgwsol.evaluation.report.ModelReport`."""
-    from bgwsol.evaluation.report import example_tiles, model_report, score_examples, write_report
+    last one the model the job delivers; returns the rows' :class:`~bgwsol.workflows.report.ModelReport`."""
+    from bgwsol.workflows.report import example_tiles, model_report, score_examples, write_report
 
     models = [model_report(label, final, state, variant) for label, state, final, variant in scored]
     maps = {}
