@@ -160,6 +160,15 @@ def test_registry_alias_moves_only_on_improvement_and_localize_uses_it(tracked_r
     v1 = log_and_register(state, metric=50.0, **kw)
     v2 = log_and_register(state, metric=40.0, **kw)
     client = MlflowClient(mlflow_server)
+    # the version links to the run that trained it and to its logged model, both ways, as MLflow 3
+    # records it (the version's source is the logged model; the logged model lists its versions)
+    import json
+
+    version = client.get_model_version("bgwsol-test", str(v1.version))
+    assert version.run_id == state["mlflow_run_id"] and version.source == v1.model_uri
+    logged = client.get_logged_model(v1.model_uri.removeprefix("models:/"))
+    assert logged.source_run_id == state["mlflow_run_id"]
+    assert {"name": "bgwsol-test", "version": str(v1.version)} in json.loads(logged.tags["mlflow.modelVersions"])
     assert (v1.champion, v2.champion) == (True, False)
     assert client.get_model_version_by_alias("bgwsol-test", "champion").version == str(v1.version)
     v3 = log_and_register(state, metric=60.0, **kw)
