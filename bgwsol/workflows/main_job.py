@@ -153,9 +153,12 @@ def write_job_report(path: Path, scored: list[tuple], test_urls: list[str], titl
     from bgwsol.workflows.report import example_tiles, model_report, score_examples, write_report
 
     models = [model_report(label, final, state, variant) for label, state, final, variant in scored]
-    maps = {}
-    for label, state, final, variant in scored:
-        maps[label] = score_examples(state, {variant: final.taus[variant][50]}, test_urls)[variant]
+    # one pass over the example images per checkpoint, for all of its map variants
+    wanted: dict[int, tuple[dict, dict[str, float]]] = {}
+    for _label, state, final, variant in scored:
+        wanted.setdefault(id(state), (state, {}))[1][variant] = final.taus[variant][50]
+    found = {key: score_examples(state, taus, test_urls) for key, (state, taus) in wanted.items()}
+    maps = {label: found[id(state)][variant] for label, state, _final, variant in scored}
     input_size = scored[-1][1]["config"]["data"]["input_size"]
     write_report(path, title, models, example_tiles(maps, test_urls, input_size), notes)
     return models
