@@ -37,9 +37,14 @@ def active() -> "Console | None":
 def log_to(output_dir: str | Path, job: str, verbose: bool = False) -> Path | None:
     """Send the running entry point's log (and, unless ``verbose``, the libraries' output) to
     ``<output_dir>/logs/<job>-<YYYYmmdd-HHMMSS>.log``; returns its path (None without a console)."""
+    return log_in(Path(output_dir) / "logs", job, verbose)
+
+
+def log_in(folder: str | Path, job: str, verbose: bool = False) -> Path | None:
+    """:func:`log_to` with the log's folder given: ``<folder>/<job>-<YYYYmmdd-HHMMSS>.log``."""
     if _active is None:
         return None
-    return _active.use_log_file(Path(output_dir) / "logs" / f"{job}-{time.strftime('%Y%m%d-%H%M%S')}.log", verbose)
+    return _active.use_log_file(Path(folder) / f"{job}-{time.strftime('%Y%m%d-%H%M%S')}.log", verbose)
 
 
 def emit(text: str) -> None:

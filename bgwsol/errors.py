@@ -57,6 +57,20 @@ def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 
 
 _entry_points_running = 0  # run_entry_point calls in progress in this process
+_stop_reason: BaseException | None = None  # why stop_job stopped the job, for run_entry_point's one line
+
+
+def stop_job(reason: BaseException) -> None:
+    """Stop the job from another thread (a watchdog), the way Ctrl-C does: every ``finally`` runs
+    and a rerun continues. Under :func:`run_entry_point` the job then ends with ``reason`` as its
+    one error line (status 1); a library caller gets a ``KeyboardInterrupt`` in its main thread."""
+    import _thread
+    import signal
+
+    global _stop_reason
+    _stop_reason = reason
+    # SIGTERM is Ctrl-C under an entry point (see _stop_on_sigterm); elsewhere SIGINT's default is
+    _thread.interrupt_main(signal.SIGTERM if _entry_points_running else signal.SIGINT)
 
 
 def _stop_on_sigterm():
@@ -100,7 +114,7 @@ def run_entry_point(main: Callable[[], int], prog: str) -> int:
 
     from bgwsol.console import Console
 
-    global _entry_points_running
+    global _entry_points_running, _stop_reason
     ray_before = _ray_connected()
     previous = _stop_on_sigterm()
     _entry_points_running += 1
@@ -108,6 +122,11 @@ def run_entry_point(main: Callable[[], int], prog: str) -> int:
     try:
         return main()
     except KeyboardInterrupt:
+        if _stop_reason is not None:  # a watchdog stopped the job (stop_job): its reason is the one line
+            console.error(f"error: {one_line(_stop_reason)}; what finished is kept (rerun the same command "
+                          f"to continue)")
+            _stop_reason = None
+            return 1
         console.error("stopped; what finished is kept (rerun the same command to continue)")
         return 130
     except Exception as exc:

@@ -22,7 +22,7 @@ DEFAULTS = BackgroundShardJob()
 
 
 def main(argv: list[str] | None = None) -> int:
-    return flow_main(BackgroundShardJob, DEFAULTS, __doc__, run_background_job, argv)
+    return flow_main(BackgroundShardJob, DEFAULTS, __doc__, run_background_job, argv, "shard_background")
 
 
 if __name__ == "__main__":

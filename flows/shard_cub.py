@@ -22,7 +22,7 @@ DEFAULTS = DatasetShardJob(dataset="cub", output="data/shards/cub")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return flow_main(DatasetShardJob, DEFAULTS, __doc__, run_dataset_job, argv)
+    return flow_main(DatasetShardJob, DEFAULTS, __doc__, run_dataset_job, argv, "shard_cub")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ DEFAULTS = DatasetShardJob(dataset="ilsvrc", output="data/shards/ilsvrc")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return flow_main(DatasetShardJob, DEFAULTS, __doc__, run_dataset_job, argv)
+    return flow_main(DatasetShardJob, DEFAULTS, __doc__, run_dataset_job, argv, "shard_ilsvrc")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         return report_problems(problems)
     from bgwsol.ray_init import RayConfig, init_ray
+    from bgwsol.training.cluster_resources import ResourceWatch
     from bgwsol.training.distributed import best_checkpoint
     from bgwsol.tracking.model_registry import log_and_register
     from bgwsol.tracking.runs import resolve_uri
@@ -56,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     from bgwsol.training.tune import run_search
 
     init_ray(RayConfig())
-    outcome = run_search(job.run, RunData(job.shards, job.background_shards), job.cluster, job.tracking, job.search, name="tune-bgwsol")
+    with ResourceWatch(job.cluster.resource_wait_s):  # says what the search waits for; stops it after the bound
+        outcome = run_search(job.run, RunData(job.shards, job.background_shards), job.cluster, job.tracking,
+                             job.search, name="tune-bgwsol")
     print(f"best trial {outcome.best_metrics['trial_id']}: {outcome.best_params}")
     print(f"  {job.search.metric} = {outcome.best_metrics.get(job.search.metric)}; "
           f"{outcome.num_stopped_early} of {outcome.num_trials} trials stopped early by ASHA")

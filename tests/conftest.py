@@ -92,12 +92,72 @@ def ray_local(s3_endpoint):
     """
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    from bgwsol.ray_init import RayConfig, job_runtime_env
+
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False,
+             runtime_env=job_runtime_env(RayConfig()))
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
+    from bgwsol.training.cluster_resources import open_ledger
+
+    ledger = open_ledger()  # as a job's ResourceWatch does: every run tells it what it holds
+    _SESSION_START.update(train_footprint())
     yield ray
+    ray.kill(ledger)
     ray.shutdown()
+
+
+_SESSION_START: set[str] = set()
+
+
+def train_footprint() -> dict[str, str]:
+    """What holds or may hold the session Ray's resources for Ray Train: placement groups not
+    removed and live Ray Train controllers and workers, ``{id: description}``."""
+    from bgwsol.training.cluster_resources import describe_bundles, live_placement_groups, live_train_actors
+
+    found = {pg.placement_group_id: f"placement group {pg.placement_group_id[:8]} ({describe_bundles(pg)}, "
+                                    f"{pg.state})" for pg in live_placement_groups()}
+    found.update({a.actor_id: f"{a.class_name} {a.actor_id[:8]} (pid {a.pid})" for a in live_train_actors()})
+    return found
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_on_ray(request):
+    """After each test that uses the session's Ray: no placement group, Ray Train controller or
+    worker that appeared during the test may be left (30 s allowed for Ray's asynchronous
+    cleanup). What is left is removed (placement groups through Ray; actors' processes killed,
+    all on this machine) and the test fails: one leak must never starve the tests after it."""
+    if "ray_local" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("ray_local")
+    # the session's fixtures (the shared main-job run) are set up before this one: what they left
+    # counts too, so nothing but what the session's Ray started with may remain after a test
+    before = _SESSION_START
+    yield
+    import signal
+    import time
+
+    from bgwsol.training.cluster_resources import live_train_actors, remove_placement_group
+
+    deadline = time.monotonic() + 30
+    while True:
+        left = {k: v for k, v in train_footprint().items() if k not in before}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if left:
+        pids = {a.actor_id: a.pid for a in live_train_actors()}
+        for key, what in left.items():
+            try:
+                if what.startswith("placement group"):
+                    remove_placement_group(key)
+                elif pids.get(key):
+                    os.kill(pids[key], signal.SIGKILL)
+            except Exception:  # gone meanwhile
+                pass
+        pytest.fail(f"left on the session's Ray after the test (removed now): {'; '.join(left.values())}")
 
 
 @pytest.fixture(scope="session")
@@ -119,26 +179,45 @@ TINY_PIPELINE = {
 }
 
 
+def cpu_hogs(n: int = 2) -> list:
+    """``n`` busy processes at the niceness of Ray's own workers (15), as another Ray job's workers
+    on the same machine run (at niceness 0 they would starve Ray's workers altogether)."""
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=lambda: os.nice(15))
+            for _ in range(n)]
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tiny_synthetic, ray_local, tmp_path_factory):
     """One run of the main job on tiny data, shared by the tests that inspect it: ``(result, workdir)``.
 
-    Relative output, shard and storage paths (as a user gives them) under ``workdir``; the job
-    starts and stops its own MLflow server. The CAM baseline is the same fit + test evaluation
-    as the tuned model: skipped to save a Ray Train start.
+    It runs as on a shared machine: two CPU hogs beside it, and two Tune trials of two Ray Train
+    workers each on the session's two CPUs (issue #21: a trial that kept its placement group
+    starved the next one for ever); tests/test_cluster_resources.py checks that it finished and
+    left nothing. Relative output, shard and storage paths (as a user gives them) under
+    ``workdir``; the job starts and stops its own MLflow server. The CAM baseline is the same
+    fit + test evaluation as the tuned model: skipped to save a Ray Train start.
     """
     from bgwsol.config import replace
     from bgwsol.workflows.main_job import PipelineConfig, run_pipeline
 
     paths, _ = tiny_synthetic
     work = tmp_path_factory.mktemp("pipeline")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(work)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        cfg = replace(PipelineConfig(), **TINY_PIPELINE, **{
-            "source": str(paths.ilsvrc), "background": str(paths.background), "output_dir": "out",
-            "shards_dir": "shards", "cluster.storage_path": "ray", "baseline": ""})
-        return run_pipeline(cfg), work
+    hogs = cpu_hogs()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(work)
+            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+            cfg = replace(PipelineConfig(), **{**TINY_PIPELINE, "search.num_samples": 2}, **{
+                "source": str(paths.ilsvrc), "background": str(paths.background), "output_dir": "out",
+                "shards_dir": "shards", "cluster.storage_path": "ray", "baseline": ""})
+            return run_pipeline(cfg), work
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 @pytest.fixture(scope="session")

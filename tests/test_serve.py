@@ -129,3 +129,30 @@ def test_bad_requests_get_a_clear_4xx(service, body, content_type, status, says)
     answer = requests.post(f"{url}/localize", data=body, headers={"Content-Type": content_type}, timeout=30)
     assert answer.status_code == status and says in answer.json()["detail"], answer.text
     assert requests.get(f"{url}/health", timeout=30).status_code == 200  # the replica is still there
+
+
+def test_the_bad_input_corpus(service):
+    """Every image of tests/bad_inputs.py sent as raw bytes: the rejected ones get 400 with the
+    reason, the others an answer; the EXIF-rotated photo's box and size are in its displayed
+    pixels; the replica answers health after each."""
+    import requests
+
+    import bad_inputs as corpus
+
+    url, _ = service
+    for name, (_, data, outcome) in corpus.images().items():
+        if len(data) > 200_000:  # the service's --max_body_bytes in this test: the 413 case is tested above
+            continue
+        answer = requests.post(f"{url}/localize", data=data, headers={"Content-Type": "application/octet-stream"},
+                               timeout=60)
+        if outcome == "rejected":
+            assert answer.status_code == 400, (name, answer.text)
+            detail = answer.json()["detail"]
+            assert detail.startswith(("the body is not an image bgwsol reads: ", "empty body")), (name, detail)
+        else:
+            assert answer.status_code == 200, (name, answer.text)
+            if name == "EXIF-rotated JPEG":
+                assert answer.json()["image_size"] == list(corpus.EXIF_DISPLAYED_SIZE)
+                x0, y0, x1, y1 = answer.json()["box"]
+                assert x1 < corpus.EXIF_DISPLAYED_SIZE[0] and y1 < corpus.EXIF_DISPLAYED_SIZE[1]
+        assert requests.get(f"{url}/health", timeout=30).status_code == 200, name

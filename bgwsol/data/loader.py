@@ -29,8 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from bgwsol.data.images import IMAGENET_MEAN, IMAGENET_STD
-from bgwsol.data.shards.imageproc import to_rgb
+from bgwsol.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb
 from bgwsol.data.storage import register_webdataset_opener
 
 log = logging.getLogger(__name__)
@@ -57,13 +56,12 @@ class DecodedSample:
 def decode_sample(raw: dict) -> DecodedSample:
     """webdataset's raw dict (``__key__``, ``jpg``, ``json``, optional ``mask.png`` bytes) -> DecodedSample."""
     meta = json.loads(raw["json"])
-    image = Image.open(io.BytesIO(raw["jpg"]))
-    image.load()
+    image, _ = decode_rgb(raw["jpg"])  # raises RejectedImage, which the streams skip and count
     mask = None
     if raw.get("mask.png") is not None:
         mask = Image.open(io.BytesIO(raw["mask.png"]))
         mask.load()
-    return DecodedSample(raw["__key__"], to_rgb(image), int(meta["label"]),
+    return DecodedSample(raw["__key__"], image, int(meta["label"]),
                          np.asarray(meta["boxes"], np.int64).reshape(-1, 4), mask)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from bgwsol.evaluation.boxes import resize_boxes
 from bgwsol.data.sources.records import DatasetFormatError
 from bgwsol.data.sources.wsol_metadata import read_wsol_metadata
-from bgwsol.evaluation.scoremaps import ScoremapError
+from bgwsol.evaluation.scoremaps import ScoremapError, check_scoremap
 from bgwsol.evaluation.metrics import BoxAccumulator, cam_thresholds, mean_over
 
 
@@ -60,17 +60,27 @@ def score_folder(scoremap_root: Path, metadata_root: Path, interval: float, mult
                  iou_thresholds: list[int]) -> dict:
     meta = read_wsol_metadata(metadata_root)
     acc = BoxAccumulator(cam_thresholds(interval), tuple(iou_thresholds), multi_contour)
+    problems = []  # every bad map is named, and then no number is given: a partial score would look complete
     for image_id in meta.image_ids:
         path = scoremap_root / f"{image_id}.npy"
-        if not path.is_file():
-            raise ScoremapError(f"score map for image {image_id!r} not found: {path}")
         try:
             scoremap = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise ScoremapError(f"score map for image {image_id!r} is not a readable .npy file: {path} ({exc})") from None
-        h, w = scoremap.shape[-2:] if scoremap.ndim >= 2 else (0, 0)
-        gt = resize_boxes(meta.boxes[image_id], meta.sizes[image_id], (w, h)) if h else meta.boxes[image_id]
-        acc.accumulate(scoremap, gt, image_id=image_id)
+            check_scoremap(scoremap, image_id)
+        except FileNotFoundError:
+            problems.append(f"{path}: no score map for image {image_id!r}")
+            continue
+        except (ValueError, OSError, EOFError) as exc:  # ScoremapError is a ValueError
+            problems.append(f"{path}: {exc}" if isinstance(exc, ScoremapError) else
+                            f"{path}: not a readable .npy file ({exc})")
+            continue
+        if problems:
+            continue  # no score will be given: only look for further problems
+        h, w = scoremap.shape
+        acc.accumulate(scoremap, resize_boxes(meta.boxes[image_id], meta.sizes[image_id], (w, h)), image_id=image_id)
+    if problems:
+        shown = "\n".join(problems[:20]) + (f"\n... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ScoremapError(f"{len(problems)} of {len(meta.image_ids)} score maps are unusable, nothing was "
+                            f"scored:\n{shown}")
     per_iou = acc.max_box_acc()
     return {"MaxBoxAcc": {str(k): v for k, v in per_iou.items()},
             "MaxBoxAccV2": mean_over(per_iou, acc.iou_thresholds),
@@ -87,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = score_folder(args.scoremap_root, args.metadata_root, args.cam_curve_interval,
                               args.multi_contour_eval, args.iou_threshold_list)
-    except (ScoremapError, DatasetFormatError, ValueError) as exc:
-        print(f"bgwsol-eval: error: {exc}", file=sys.stderr)
+    except (ScoremapError, DatasetFormatError, ValueError, OSError) as exc:
+        for line in str(exc).splitlines():
+            print(f"bgwsol-eval: error: {line}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result))

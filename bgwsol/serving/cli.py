@@ -47,8 +47,7 @@ def load_localizer(model: str, tau: float | None, tracking_uri: str):
 
 
 def localize_main(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-
+    from bgwsol.data.images import RejectedImage, read_image_file
     from bgwsol.evaluation.viz import overlay
 
     try:
@@ -62,10 +61,9 @@ def localize_main(args: argparse.Namespace) -> int:
     failures = 0
     for path in args.images:
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            print(f"{path}: cannot read image ({exc})", file=sys.stderr)
+            image = read_image_file(path)  # upright RGB (EXIF orientation applied), bombs refused
+        except (OSError, RejectedImage) as exc:
+            print(f"{path}: skipped: {exc}", file=sys.stderr)
             failures += 1
             continue
         r = localizer(image)
@@ -73,6 +71,8 @@ def localize_main(args: argparse.Namespace) -> int:
         overlay(np.asarray(image), r.heatmap, np.array([r.box]), np.zeros((0, 4)),
                 caption=f"{r.class_name} {r.score:.2f}").save(picture)
         print(f"{path}\t{r.class_name}\tclass {r.label}\tscore {r.score:.3f}\tbox {list(r.box)}\t{picture}")
+    if failures:
+        print(f"{failures} of {len(args.images)} images skipped", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -90,9 +90,7 @@ class BadRequest(Exception):
 
 
 async def read_image(request, max_body_bytes: int):
-    """The request's image as an RGB PIL image; :class:`BadRequest` for what cannot be one."""
-    from PIL import Image, UnidentifiedImageError
-
+    """The request's image as an upright RGB PIL image; :class:`BadRequest` for what cannot be one."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
@@ -116,11 +114,13 @@ async def read_image(request, max_body_bytes: int):
         raise BadRequest(400, "empty body: send the image's bytes")
     if len(data) > max_body_bytes:
         raise BadRequest(413, f"body of {len(data)} bytes is over the limit of {max_body_bytes}")
+    from bgwsol.data.images import RejectedImage, decode_rgb
+
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise BadRequest(400, f"the body is not an image PIL can read ({type(exc).__name__})") from exc
+        image, _ = decode_rgb(data)  # upright RGB (EXIF orientation applied), bombs refused
+    except RejectedImage as exc:
+        raise BadRequest(400, f"the body is not an image bgwsol reads: {exc}") from exc
+    return image
 
 
 def build_app(cfg: ServeConfig):

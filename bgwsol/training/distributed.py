@@ -91,6 +91,9 @@ class ClusterConfig:
     storage_patience_s: float = option(300.0, "how long a checkpoint upload retries an unreachable store (with "
                                               "backoff) before the run fails")
     loader_workers: int = option(0, "DataLoader processes per worker")
+    resource_wait_s: float = option(900.0, "how long the job may wait for the cluster's CPUs/GPUs (a run's worker "
+                                           "group, a task) before it stops in one line; a line says what it waits "
+                                           "for after 60 s; 0: wait forever (clusters that scale up)")
 
 
 @dataclass
@@ -193,6 +196,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     job: WorkerJob = config["job"]
     ctx = ray.train.get_context()
+    if ctx.get_world_rank() == 0:
+        from bgwsol.training.cluster_resources import note_placement_group
+
+        note_placement_group(job.run_name)
     torch.set_num_threads(max(1, int(job.cluster.cpus_per_worker)))
     worker = Worker(ctx.get_world_rank(), ctx.get_world_size(), str(ray.train.torch.get_device()),
                     job.cluster.loader_workers)
@@ -230,10 +237,10 @@ def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, ca
     alike, so it is set to 0 and the restart is decided here.
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from bgwsol.data.storage import check_access
     from bgwsol.methods import build_method
+    from bgwsol.training.cluster_resources import controller_note, note_run_started
     from bgwsol.tracking.runs import check_tracking
     from bgwsol.training.engine import plan_data
 
@@ -249,9 +256,37 @@ def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, ca
         failure_config=ray.train.FailureConfig(max_failures=0),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=None, checkpoint_score_attribute="best_score", checkpoint_score_order="max"),
-        callbacks=callbacks or [])
+        callbacks=[controller_note(), *(callbacks or [])])
     # workers run elsewhere (another folder, another node): they get the storage path made absolute
     job = WorkerJob(cfg, plan, replace(cluster, storage_path=loc.url), name, tracking, parent_run_id)
+    note_run_started(name)  # the job's resource watch names this run while it waits for its worker group
+    interrupted = False
+    try:
+        return _fit_with_restarts(job, run_config, cluster, name)
+    except KeyboardInterrupt:  # the job is stopping: its Ray goes with it, nothing to release one by one
+        interrupted = True
+        raise
+    finally:
+        if not interrupted:
+            _release(name)
+
+
+def _release(name: str) -> None:
+    """After ``fit``: the run's placement groups must be gone (a line on the console if they
+    were not), and the finished controller is let go."""
+    from bgwsol.training.cluster_resources import release_run
+
+    try:
+        release_run(name, grace_s=10.0, controller_finished=True)
+    except Exception as error:  # the state API unreachable: the job's own watch and Ray's cleanup remain
+        log.debug("release of run %s: %s", name, error)
+
+
+def _fit_with_restarts(job: WorkerJob, run_config, cluster: ClusterConfig, name: str):
+    """``TorchTrainer.fit`` for ``job``, restarted after a lost worker (see :func:`fit`)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
     restarts = 0
     while True:
         trainer = TorchTrainer(

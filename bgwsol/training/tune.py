@@ -102,11 +102,15 @@ class TuneOutcome:
         return load_result(self.storage_path, self.best_trial_run_name)
 
 
-def trial_lines(total: int, metric: str, mode: str, epochs: int):
+def trial_lines(total: int, metric: str, mode: str, epochs: int, tune_name: str = ""):
     """A Tune callback (on the driver) logging one line as each trial ends: its best ``metric``,
     whether ASHA stopped it before ``epochs``, how many of ``total`` trials are done, and the
-    best so far."""
+    best so far. With ``tune_name`` it also makes sure that the trial's Ray Train run (named
+    ``<tune_name>-<trial id>``) holds nothing afterwards, however it ended
+    (:func:`~bgwsol.training.cluster_resources.release_in_background`)."""
     from ray.tune import Callback
+
+    from bgwsol.training.cluster_resources import release_in_background
 
     better = max if mode == "max" else min
 
@@ -121,6 +125,8 @@ def trial_lines(total: int, metric: str, mode: str, epochs: int):
                 self.best_of[trial.trial_id] = better(value, self.best_of.get(trial.trial_id, value))
 
         def _ended(self, trial, how: str) -> None:
+            if tune_name:
+                release_in_background(f"{tune_name}-{trial.trial_id}")
             self.done.add(trial.trial_id)
             epochs = (trial.last_result or {}).get("training_iteration", 0)
             mine = self.best_of.get(trial.trial_id)
@@ -179,11 +185,16 @@ def run_search(base: RunConfig, data: RunData, cluster: ClusterConfig, tracking:
                 metric=search.metric, mode=search.mode, num_samples=search.num_samples,
                 max_concurrent_trials=concurrency(cluster, search),
                 search_alg=OptunaSearch(points_to_evaluate=points_to_evaluate, seed=search.seed),
-                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.train.epochs,
+                # max_t one past the last epoch: a trial that trains every epoch ends by itself, after its
+                # fit() has shut its worker group down. At max_t Tune would stop it on its last report and
+                # end the trial's process under a controller still winding down, leaving its placement
+                # group to Ray Train's cleaner actor, which fails when a machine runs two Rays (#21). The
+                # rungs below are the same; release_in_background covers trials ASHA does stop.
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.train.epochs + 1,
                                         grace_period=search.grace_period, reduction_factor=search.reduction_factor)),
             run_config=tune.RunConfig(name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem(),
                                       callbacks=[trial_lines(search.num_samples, search.metric, search.mode,
-                                                                 base.train.epochs)]))
+                                                                 base.train.epochs, name)]))
     grid = tuner.fit()
     best = grid.get_best_result(metric=search.metric, mode=search.mode, scope="all")
     results = list(grid)

@@ -239,6 +239,7 @@ def compare(job: CompareConfig) -> Comparison:
     from bgwsol.data.shards.jobs import shard_sources
     from bgwsol.data.storage import check_access
     from bgwsol.ray_init import init_ray
+    from bgwsol.training.cluster_resources import ResourceWatch
     from bgwsol.training.engine import plan_data
 
     plan = plan_runs(list(job.methods))
@@ -247,26 +248,27 @@ def compare(job: CompareConfig) -> Comparison:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     init_ray(job.ray)
-    data = RunData(*shard_sources(job.dataset, job.source, job.background, job.shards_dir, job.etl))
-    scoring = plan_data(data, False)  # the intact validation and test shards, listed once for every run
-    cluster = replace(job.cluster, storage_path=check_access(job.cluster.storage_path or str(out / "runs"),
-                                                             writable=True).url)
-    runs = [(method, seed) for method in plan for seed in job.seeds]
-    task = ray.remote(num_cpus=0)(run_one)  # a driver per run; its Ray Train workers hold the resources
-    at_once = runs_at_once(cluster)
-    log.info("%d runs, %d at a time (%d Ray Train worker(s) each)", len(runs), at_once, cluster.num_workers)
-    done: dict[tuple[str, int], RunResult] = {}
-    waiting, in_flight = list(runs), {}
-    while waiting or in_flight:
-        while waiting and len(in_flight) < at_once:
-            m, s = waiting.pop(0)
-            ref = task.remote(replace(job.run, **{"method.name": m, "train.seed": s}), data, scoring, cluster, plan[m],
-                              str(out / f"{m}-seed{s}"))
-            in_flight[ref] = (m, s)
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        run = in_flight.pop(ready[0])
-        done[run] = ray.get(ready[0])
-        log.info("finished %s seed %d (%d of %d, %.0f s)", *run, len(done), len(runs), time.time() - t0)
+    with ResourceWatch(job.cluster.resource_wait_s):  # says what the job waits for; stops it after the bound
+        data = RunData(*shard_sources(job.dataset, job.source, job.background, job.shards_dir, job.etl))
+        scoring = plan_data(data, False)  # the intact validation and test shards, listed once for every run
+        cluster = replace(job.cluster, storage_path=check_access(job.cluster.storage_path or str(out / "runs"),
+                                                                 writable=True).url)
+        runs = [(method, seed) for method in plan for seed in job.seeds]
+        task = ray.remote(num_cpus=0)(run_one)  # a driver per run; its Ray Train workers hold the resources
+        at_once = runs_at_once(cluster)
+        log.info("%d runs, %d at a time (%d Ray Train worker(s) each)", len(runs), at_once, cluster.num_workers)
+        done: dict[tuple[str, int], RunResult] = {}
+        waiting, in_flight = list(runs), {}
+        while waiting or in_flight:
+            while waiting and len(in_flight) < at_once:
+                m, s = waiting.pop(0)
+                ref = task.remote(replace(job.run, **{"method.name": m, "train.seed": s}), data, scoring, cluster,
+                                  plan[m], str(out / f"{m}-seed{s}"))
+                in_flight[ref] = (m, s)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            run = in_flight.pop(ready[0])
+            done[run] = ray.get(ready[0])
+            log.info("finished %s seed %d (%d of %d, %.0f s)", *run, len(done), len(runs), time.time() - t0)
     results = {method: [done[(method, seed)] for seed in job.seeds] for method in plan}
     comparison = Comparison(results, post_hoc, list(job.methods))
     (out / "comparison.md").write_text(comparison.markdown() + "\n")

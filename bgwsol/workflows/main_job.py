@@ -73,6 +73,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from bgwsol.training.engine import RunData, plan_data
     from bgwsol.tracking.model_registry import log_and_register
     from bgwsol.tracking.runs import attach_file, check_tracking, resolve_uri
+    from bgwsol.training.cluster_resources import ResourceWatch
     from bgwsol.training.tune import params_of, run_search
 
     out = Path(cfg.output_dir)
@@ -86,62 +87,63 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     try:
         with stage("Ray"):
             init_ray(RayConfig())
-        with stage(f"data: shards of {cfg.source or 'the embedded synthetic ' + cfg.dataset.upper()}"):
-            data = RunData(*prepare_shards(cfg))
-        base = cfg.run
-        if server is not None:
-            tracking = replace(tracking, tracking_uri=server.wait_ready().url)
-            ui = server.ui_command()
-            log.info("MLflow tracking server for this run: %s", server.url)
-        scoring = plan_data(data, False)  # the intact validation and test shards, for both models
-        rows, test = {}, {}
-        scored = []  # (table row, checkpoint state, its FinalEvaluation, map variant) for the report
-        if cfg.baseline:
-            cam_cfg = replace(base, **{"method.name": cfg.baseline})
-            # the name carries the training's identity: a rerun continues the same baseline, a changed
-            # config starts a new one instead of being refused
-            tag = identity_tag(cam_cfg, scoring.digest)
-            name = f"{cfg.baseline}-{cfg.dataset}-{tag}"
-            with stage(f"baseline: {cfg.baseline} ({cfg.cluster.num_workers} Ray Train worker(s), run {name})"):
-                cam = fit(cam_cfg, data, replace(cfg.cluster, run_name=name), tracking=tracking)
-                cam_state, _ = best_checkpoint(cam)
-                cam_final = evaluate(cam_state, scoring, cfg.cluster)
-            test[cfg.baseline] = rows[cfg.baseline] = cam_final.test["main"]
-            scored.append((cfg.baseline, {**cam_state, "history": run_history(cam)}, cam_final, "main"))
-        # the first trial is the configured default, the rest are Optuna's proposals
-        # named by what it depends on, like the baseline: a rerun continues the same search (Tune's
-        # restore), a changed configuration or search space starts a new one
-        search_tag = identity_tag(base, scoring.digest + json.dumps(to_dict(cfg.search), sort_keys=True))
-        with stage(f"search: Ray Tune over bgwsol's loss weights ({cfg.search.num_samples} trials)"):
-            outcome = run_search(base, data, cfg.cluster, tracking, cfg.search,
-                                 name=f"tune-bgwsol-{cfg.dataset}-{search_tag}", points_to_evaluate=[params_of(base)])
-        with stage("test: the best trial's best checkpoint on the test split"):
-            best_run = outcome.best_run()
-            state, metrics = best_checkpoint(best_run)
-            final = evaluate(state, scoring, cfg.cluster)
-        with stage("registry"):
-            registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
-                                            name=cfg.model_name or f"bgwsol-{cfg.dataset}", metric=metrics["score"],
-                                            taus=final.taus["main"])
-        test["bgwsol"] = rows["bgwsol (tuned)"] = final.test["main"]
-        shown = {**state, "history": run_history(best_run)}  # the loss curves of the whole run
-        scored.append(("bgwsol (tuned)", shown, final, "main"))
-        for variant in ("cam_only", "mask_only"):
-            if variant in final.test:  # each map at the thresholds it chose on validation
-                rows[f"bgwsol ({variant.replace('_', ' ')})"] = final.test[variant]
-                scored.insert(-1, (f"bgwsol ({variant.replace('_', ' ')})", shown, final, variant))
-        table = markdown_table(rows)
-        (out / "comparison.md").write_text(table + "\n")
-        with stage("report"):
-            models = write_job_report(out / "report.html", scored, scoring.test, f"bgwsol main job: {cfg.dataset}",
-                                      [f"best bgwsol weights: {outcome.best_params}",
-                                       f"registered {registration.name} version {registration.version}"])
-            attach_file(tracking.tracking_uri, state["mlflow_run_id"], out / "report.html")
-        (out / "results.json").write_text(json.dumps({"test": test, "best_params": outcome.best_params,
-                                                      "registration": registration.__dict__,
-                                                      "models": [m.to_json() for m in models]}, indent=2, default=str))
-        return {"table": table, "test": test, "registration": registration, "tracking_uri": tracking.tracking_uri,
-                "ui_command": ui, "best_params": outcome.best_params, "output_dir": str(out)}
+        with ResourceWatch(cfg.cluster.resource_wait_s):  # says what the job waits for; stops it after the bound
+            with stage(f"data: shards of {cfg.source or 'the embedded synthetic ' + cfg.dataset.upper()}"):
+                data = RunData(*prepare_shards(cfg))
+            base = cfg.run
+            if server is not None:
+                tracking = replace(tracking, tracking_uri=server.wait_ready().url)
+                ui = server.ui_command()
+                log.info("MLflow tracking server for this run: %s", server.url)
+            scoring = plan_data(data, False)  # the intact validation and test shards, for both models
+            rows, test = {}, {}
+            scored = []  # (table row, checkpoint state, its FinalEvaluation, map variant) for the report
+            if cfg.baseline:
+                cam_cfg = replace(base, **{"method.name": cfg.baseline})
+                # the name carries the training's identity: a rerun continues the same baseline, a changed
+                # config starts a new one instead of being refused
+                tag = identity_tag(cam_cfg, scoring.digest)
+                name = f"{cfg.baseline}-{cfg.dataset}-{tag}"
+                with stage(f"baseline: {cfg.baseline} ({cfg.cluster.num_workers} Ray Train worker(s), run {name})"):
+                    cam = fit(cam_cfg, data, replace(cfg.cluster, run_name=name), tracking=tracking)
+                    cam_state, _ = best_checkpoint(cam)
+                    cam_final = evaluate(cam_state, scoring, cfg.cluster)
+                test[cfg.baseline] = rows[cfg.baseline] = cam_final.test["main"]
+                scored.append((cfg.baseline, {**cam_state, "history": run_history(cam)}, cam_final, "main"))
+            # the first trial is the configured default, the rest are Optuna's proposals
+            # named by what it depends on, like the baseline: a rerun continues the same search (Tune's
+            # restore), a changed configuration or search space starts a new one
+            search_tag = identity_tag(base, scoring.digest + json.dumps(to_dict(cfg.search), sort_keys=True))
+            with stage(f"search: Ray Tune over bgwsol's loss weights ({cfg.search.num_samples} trials)"):
+                outcome = run_search(base, data, cfg.cluster, tracking, cfg.search,
+                                     name=f"tune-bgwsol-{cfg.dataset}-{search_tag}", points_to_evaluate=[params_of(base)])
+            with stage("test: the best trial's best checkpoint on the test split"):
+                best_run = outcome.best_run()
+                state, metrics = best_checkpoint(best_run)
+                final = evaluate(state, scoring, cfg.cluster)
+            with stage("registry"):
+                registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
+                                                name=cfg.model_name or f"bgwsol-{cfg.dataset}", metric=metrics["score"],
+                                                taus=final.taus["main"])
+            test["bgwsol"] = rows["bgwsol (tuned)"] = final.test["main"]
+            shown = {**state, "history": run_history(best_run)}  # the loss curves of the whole run
+            scored.append(("bgwsol (tuned)", shown, final, "main"))
+            for variant in ("cam_only", "mask_only"):
+                if variant in final.test:  # each map at the thresholds it chose on validation
+                    rows[f"bgwsol ({variant.replace('_', ' ')})"] = final.test[variant]
+                    scored.insert(-1, (f"bgwsol ({variant.replace('_', ' ')})", shown, final, variant))
+            table = markdown_table(rows)
+            (out / "comparison.md").write_text(table + "\n")
+            with stage("report"):
+                models = write_job_report(out / "report.html", scored, scoring.test, f"bgwsol main job: {cfg.dataset}",
+                                          [f"best bgwsol weights: {outcome.best_params}",
+                                           f"registered {registration.name} version {registration.version}"])
+                attach_file(tracking.tracking_uri, state["mlflow_run_id"], out / "report.html")
+            (out / "results.json").write_text(json.dumps({"test": test, "best_params": outcome.best_params,
+                                                          "registration": registration.__dict__,
+                                                          "models": [m.to_json() for m in models]}, indent=2, default=str))
+            return {"table": table, "test": test, "registration": registration, "tracking_uri": tracking.tracking_uri,
+                    "ui_command": ui, "best_params": outcome.best_params, "output_dir": str(out)}
     finally:
         if server is not None:
             server.stop()

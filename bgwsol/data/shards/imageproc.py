@@ -12,13 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bgwsol.data.images import RejectedImage, decode_rgb, target_size
 from bgwsol.data.sources.records import InvalidBox, fit_boxes
 
-Image.MAX_IMAGE_PIXELS = 200_000_000  # refuse decompression bombs above ~200 MP, well above any photo
-
-
-class RejectedImage(ValueError):
-    """An image the ETL skips and reports (truncated, undecodable, empty, boxes outside it)."""
+__all__ = ["ProcessedImage", "RejectedImage", "process_image", "scale_boxes"]
 
 
 @dataclass(frozen=True)
@@ -40,53 +37,6 @@ class ProcessedImage:
     boxes: np.ndarray
     mask_png: bytes | None
     clipped_boxes: int = 0
-
-
-def target_size(size: tuple[int, int], max_short_side: int) -> tuple[int, int]:
-    """``(w, h)`` scaled so the shorter side is at most ``max_short_side`` (never enlarged)."""
-    w, h = size
-    s = min(1.0, max_short_side / min(w, h)) if max_short_side > 0 else 1.0
-    return max(1, round(w * s)), max(1, round(h * s))
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """RGB view of any PIL mode: grayscale and CMYK converted, alpha composited over white."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = arr.max() or 1.0
-        im = Image.fromarray((arr * (255.0 / top)).astype(np.uint8))
-    return im.convert("RGB")
-
-
-def decode_rgb(data: bytes, max_short_side: int = 0) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode ``data`` fully to RGB; returns ``(image, original (w, h))``.
-
-    JPEGs are decoded at a reduced DCT scale when that still leaves at least
-    ``max_short_side`` pixels (``Image.draft``), which is several times faster on large photos.
-    Raises RejectedImage on empty, truncated or undecodable data.
-    """
-    if not data:
-        raise RejectedImage("empty file")
-    try:
-        im = Image.open(io.BytesIO(data))
-        orig = im.size
-        if orig[0] < 1 or orig[1] < 1:
-            raise RejectedImage(f"image has size {orig}")
-        if im.format == "JPEG" and max_short_side > 0:
-            im.draft(im.mode if im.mode in ("RGB", "L") else None, target_size(orig, max_short_side))
-        im.load()
-    except RejectedImage:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise RejectedImage(f"cannot decode: {exc}") from None
-    return to_rgb(im), orig
 
 
 def scale_boxes(boxes: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:

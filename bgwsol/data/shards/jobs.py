@@ -40,6 +40,8 @@ class DatasetShardJob:
                              "and Data/; CUB: CUB_200_2011/); "
                              "empty: generate the synthetic dataset under data/synthetic")
     output: str = option("data/shards/ilsvrc", "s3://bucket/prefix or a local folder for shards + manifest.json")
+    log_dir: str = option("logs", "local folder for this job's log file (Ray Data's own output goes there)")
+    verbose: bool = option(False, "show Ray Data's own output on the console too")
     etl: ShardConfig = field(default_factory=ShardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -51,6 +53,9 @@ class BackgroundShardJob:
     source: str = option("", "folder (or s3:// prefix) of background images, or a .txt/.csv URL list to crawl; "
                              "empty: the synthetic background set under data/synthetic")
     output: str = option("data/shards/background", "s3://bucket/prefix or a local folder")
+    log_dir: str = option("logs", "local folder for this job's log file (Ray Data's and the crawler's own output "
+                                  "goes there)")
+    verbose: bool = option(False, "show Ray Data's own output on the console too")
     cache_dir: str = option("data/crawl_cache", "where crawled images and the crawl index are kept")
     etl: ShardConfig = field(default_factory=ShardConfig)
     crawl: CrawlConfig = field(default_factory=CrawlConfig)
@@ -148,10 +153,14 @@ def summary(shards: ShardSet) -> str:
     return "\n".join(lines)
 
 
-def flow_main(job_cls: type, defaults, description: str, run, argv: list[str] | None = None) -> int:
-    """Body of the ``flows/shard_*.py`` entry points: parse flags into ``job_cls``, run, print the summary."""
+def flow_main(job_cls: type, defaults, description: str, run, argv: list[str] | None = None,
+              job_name: str = "shard") -> int:
+    """Body of the ``flows/shard_*.py`` entry points: parse flags into ``job_cls``, run, print the
+    summary. Like the training flows, the console shows this package's lines and the libraries'
+    output goes to ``<log_dir>/<job_name>-<time>.log``, whose path is the first line."""
     import argparse
 
+    from bgwsol import console
     from bgwsol.config import add_config_args, config_from_args
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,7 +171,8 @@ def flow_main(job_cls: type, defaults, description: str, run, argv: list[str] | 
         from bgwsol.errors import report_problems
 
         return report_problems(problems)
-    print(summary(run(job)))
+    console.log_in(job.log_dir, job_name, verbose=job.verbose)
+    console.emit(summary(run(job)))
     return 0
 
 
@@ -177,4 +187,7 @@ def shard_job_problems(job: DatasetShardJob | BackgroundShardJob) -> list[str]:
     problems = ([missing] if missing else []) + shard_config_problems(job.etl)
     if not job.output:
         problems.append("--output: give a folder or s3://bucket/prefix for the shards")
+    crawl = getattr(job, "crawl", None)
+    if crawl is not None and crawl.retries < 1:
+        problems.append(f"--crawl.retries {crawl.retries}: attempts per URL, must be >= 1 (1: no retry)")
     return problems

@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from bgwsol.config import option
-from bgwsol.data.shards.imageproc import RejectedImage, decode_rgb
+from bgwsol.data.images import RejectedImage, decode_rgb
 from bgwsol.data.sources.records import BACKGROUND_LABEL, DatasetFormatError, Sample
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class CrawlConfig:
     read_timeout_s: float = option(15.0, "seconds to wait for each read from the socket")
     total_timeout_s: float = option(60.0, "seconds one download may take in all (slow servers)")
     max_bytes: int = option(25 * 2**20, "largest accepted download in bytes")
-    retries: int = option(3, "attempts per URL on timeouts, connection errors, HTTP 429 and 5xx")
+    retries: int = option(3, "attempts per URL (1: no retry) on timeouts, connection errors, HTTP 429 and 5xx")
     backoff_s: float = option(0.5, "first retry delay in seconds, doubled on each retry")
     per_host: int = option(4, "requests in flight per host at most")
     workers: int = option(16, "download threads")
