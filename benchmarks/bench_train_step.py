@@ -25,7 +25,8 @@ from bgwsol.data.loader import TrainStream, normalize
 from bgwsol.data.shards.shardset import ShardSet
 from bgwsol.methods import build_method
 from bgwsol.training.distributed import CHECKPOINT_FILE, ClusterConfig, fit
-from bgwsol.training.engine import RunData, build_model, make_optimizer
+from bgwsol.data.plan import RunData
+from bgwsol.training.engine import build_model, make_optimizer
 
 
 def plain_loop(cfg: RunConfig, data: RunData, epochs: int) -> float:

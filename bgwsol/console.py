@@ -29,11 +29,6 @@ _active: "Console | None" = None
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def active() -> "Console | None":
-    """The console of the running entry point (None when bgwsol is used as a library)."""
-    return _active
-
-
 def log_to(output_dir: str | Path, job: str, verbose: bool = False) -> Path | None:
     """Send the running entry point's log (and, unless ``verbose``, the libraries' output) to
     ``<output_dir>/logs/<job>-<YYYYmmdd-HHMMSS>.log``; returns its path (None without a console)."""

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from bgwsol.training.distributed import best_checkpoint
     from bgwsol.tracking.model_registry import log_and_register
     from bgwsol.tracking.runs import resolve_uri
-    from bgwsol.training.engine import RunData
+    from bgwsol.data.plan import RunData
     from bgwsol.training.tune import run_search
 
     init_ray(RayConfig())

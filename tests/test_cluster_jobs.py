@@ -119,17 +119,19 @@ class Cluster:
     def job(self, *command: str, wait: bool = True) -> subprocess.CompletedProcess:
         """``ray job submit --working-dir . -- <command>`` from the repository root, as the README shows."""
         flags = [] if wait else ["--no-wait"]
-        for attempt in range(3):
+        deadline, attempt = time.monotonic() + 180, 0
+        while True:
             done = subprocess.run([str(BIN / "ray"), "job", "submit", *flags, "--working-dir", ".", "--", *command],
                                   cwd=REPO, env={**self.env, "RAY_ADDRESS": self.dashboard}, capture_output=True,
                                   text=True, timeout=900)
-            # a fresh head's job agent can refuse the very first submission; retried only when no
-            # job was created (a submitted job's outcome is always what the caller asserts on)
-            if done.returncode == 0 or "raysubmit_" in done.stdout + done.stderr:
+            # a fresh head's job agent refuses submissions until it is up ("No available agent to
+            # submit job"), which takes longer on a loaded machine; retried only when no job was
+            # created (a submitted job's outcome is always what the caller asserts on)
+            if done.returncode == 0 or "raysubmit_" in done.stdout + done.stderr or time.monotonic() > deadline:
                 return done
             (self.logs / f"submit-failure-{attempt}.log").write_text(done.stdout + done.stderr)
+            attempt += 1
             time.sleep(5)
-        return done
 
     def job_status(self, job_id: str) -> str:
         from ray.job_submission import JobSubmissionClient

@@ -31,7 +31,7 @@ def table(bgwsol_scores, bas_scores=(50.0, 52.0), cam=(40.0, 42.0), eig=(30.0, 3
     return Comparison(results, {"eigencam": "cam"}, ["cam", "eigencam", "bas", "bgwsol"])
 
 
-def test_table_rows_means_spread_bold_and_goal_met():
+def test_table_rows_means_spread_bold_and_the_ranking_line():
     comp = table(bgwsol_scores=(60.0, 64.0))
     rows = comp.rows()
     assert [r["key"] for r in rows] == ["cam", "eigencam", "bas", "bgwsol", "bgwsol/mask_only"]
@@ -43,15 +43,17 @@ def test_table_rows_means_spread_bold_and_goal_met():
     assert "| eigencam (post-hoc, cam model) | 2 | 32.0 ± 2.0 |" in md
     # the best method mean is bold; the variant row (99) is not a method and is not compared
     assert "**62.0 ± 2.0**" in md and "**99.0" not in md
-    assert "Goal met" in md and "next best: bas, 51.0" in md
+    # the ranking names the first method and its lead; bgwsol's mask-only map (99) is not a method
+    assert "First on MaxBoxAccV2: bgwsol 62.0, ahead of bas (51.0) by 11.0 points." in md
 
 
-def test_goal_line_says_when_bgwsol_is_below():
+def test_the_ranking_line_names_whoever_is_first():
     comp = table(bgwsol_scores=(45.0, 47.0))
-    goal = comp.goal()
-    assert goal.startswith("Goal NOT met") and "bas (51.0)" in goal and "cam" not in goal
-    assert goal in comp.markdown()
+    ranking = comp.ranking()
+    assert ranking == "First on MaxBoxAccV2: bas 51.0, ahead of bgwsol (46.0) by 5.0 points."
+    assert ranking in comp.markdown() and "goal" not in comp.markdown().lower()
     assert "**51.0 ± 1.0**" in comp.markdown()
+    assert table(bgwsol_scores=(50.0, 52.0)).ranking().startswith("Tied first on MaxBoxAccV2: ")
 
 
 @pytest.mark.ray
@@ -91,7 +93,8 @@ def test_flow_end_to_end_one_seed_with_mlflow(tiny_synthetic, ray_local, tmp_pat
             assert 0.0 <= mean <= 100.0 and std == 0.0
     assert saved["rows"][2]["maxboxacc_v2"][0] == pytest.approx(bas["test"]["main"]["maxboxacc_v2"])
     md = (out / "comparison.md").read_text()
-    assert md.startswith("| method | seeds | MaxBoxAccV2") and "Goal" in md
+    assert md.startswith("| method | seeds | MaxBoxAccV2") and "First on MaxBoxAccV2: " in md
+    assert saved["ranking"] in md
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("cmp").experiment_id])
@@ -110,3 +113,26 @@ def test_flow_end_to_end_one_seed_with_mlflow(tiny_synthetic, ray_local, tmp_pat
     page = (out / "report.html").read_text()
     # one row per table line (eigencam and bgwsol's map variants included), pictures embedded
     assert page.count("<tr data-model=") == len(saved["rows"]) and page.count("data:image/png;base64,") > 4
+
+
+def test_loss_panels_are_titled_by_their_run_and_show_every_epoch_with_the_best_marked():
+    """Rows that score one run (CAM and Eigen-CAM on it; bgwsol and its map variants) share one
+    panel titled by the run, which plots every epoch the run trained and marks the epoch of the
+    checkpoint that was scored (it used to plot the best checkpoint's history and take the last
+    row's name: "eigencam (post-hoc, cam model)" over CAM's curves)."""
+    from bgwsol.workflows.report import ModelReport, loss_figure
+
+    def history(n):
+        return [{"epoch": e, "train_loss": 2.0 - 0.1 * e, "train_cls": 1.0} for e in range(n)]
+
+    def row(label, run, epochs, best):
+        return ModelReport(label, {}, {}, {}, {}, history(epochs), run, best)
+
+    fig = loss_figure([row("cam", "cam (seed 0)", 8, 4), row("eigencam (post-hoc, cam model)", "cam (seed 0)", 8, 4),
+                       row("bgwsol", "bgwsol (seed 0)", 8, 6), row("bgwsol (mask only)", "bgwsol (seed 0)", 8, 6)])
+    assert [ax.get_title() for ax in fig.axes] == ["cam (seed 0)", "bgwsol (seed 0)"]
+    for ax, best in zip(fig.axes, (4, 6)):
+        loss = next(line for line in ax.get_lines() if line.get_label() == "loss")
+        assert list(loss.get_xdata()) == list(range(1, 9))  # every epoch, not only up to the best
+        marked = [line for line in ax.get_lines() if line.get_label() == "best epoch (kept)"]
+        assert len(marked) == 1 and list(marked[0].get_xdata()) == [best + 1, best + 1]

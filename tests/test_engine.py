@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bgwsol.config import RunConfig, replace
-from bgwsol.training.engine import RunData, plan_data
+from bgwsol.data.plan import RunData, plan_data
 from bgwsol.training.local import best_checkpoint, evaluate_local, fit_local
 
 pytestmark = [pytest.mark.slow]

@@ -61,7 +61,24 @@ def test_the_rules_the_issue_names_hold():
         if name.startswith("bgwsol.serving"):
             assert not any(t.startswith("bgwsol.training") for t in targets), name
         if name.startswith("bgwsol.evaluation"):
-            assert not any(t.startswith("bgwsol.models") for t in targets), name
+            assert not any(t.startswith(("bgwsol.models", "bgwsol.training")) for t in targets), name
+
+
+FINAL_SCORING = {"summarize", "evaluate_checkpoint", "FinalEvaluation", "score_examples", "test_overlays"}
+
+
+def test_scoring_has_one_home_and_training_only_produces_checkpoints():
+    """A checkpoint is scored in bgwsol/evaluation/scoring.py; the training engine imports from it
+    only what validation during training needs, never the final scoring (thresholds on
+    validation, the test split once), and no other module defines a function of that name."""
+    for name, tree in modules():
+        if name == "bgwsol.training.engine":
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module == "bgwsol.evaluation.scoring":
+                    assert not {a.name for a in node.names} & FINAL_SCORING, ast.unparse(node)
+        if name != "bgwsol.evaluation.scoring":
+            defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            assert not defined & (FINAL_SCORING | {"map_variants", "merge_evaluations"}), name
 
 
 def test_library_code_sets_up_no_logging_and_writes_no_environment():

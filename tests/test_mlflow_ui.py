@@ -153,6 +153,23 @@ def _screenshot(driver, shots: Path, name: str) -> Path:
     return path
 
 
+def test_the_printed_link_opens_the_training_runs_table(ui, pipeline_result, browser, shots):
+    """The job prints ``http://127.0.0.1:5000/#/experiments/<id>/runs`` with the UI command: opened
+    in a fresh browser it shows the training runs (the Tune parent run), not MLflow 3's GenAI
+    overview of traces that ``#/experiments/<id>`` alone opens."""
+    from selenium.webdriver.common.by import By
+
+    exp, run = ui["experiment"], ui["run"]
+    eid, parent_id = exp.experiment_id, run.data.tags["mlflow.parentRunId"]
+    printed = report(pipeline_result, 0.0)
+    fragment = f"#/experiments/{eid}/runs"
+    assert f"http://127.0.0.1:5000/{fragment}" in printed
+    _open(browser, f"{ui['url']}/{fragment}")
+    _wait_for(browser, "the Tune parent run in the runs table opened from the printed link", shots, "printed_link",
+              lambda d: d.find_elements(By.CSS_SELECTOR, f'[role="row"][row-id="{parent_id}"]'))
+    _screenshot(browser, shots, "printed_link")
+
+
 def test_the_experiment_is_listed_and_leads_to_the_tuned_run(ui, browser, shots):
     from selenium.webdriver.common.by import By
 

@@ -50,7 +50,7 @@ def service(registered, mlflow_server, ray_local):
     """The application on the session's local Ray; yields ``(base URL, the same model as `bgwsol localize` loads it)``."""
     from ray import serve
 
-    from bgwsol.serving.cli import load_localizer
+    from bgwsol.serving.localizer import load_localizer
     from bgwsol.serving.http import ServeConfig, start
 
     cfg = ServeConfig(model=registered, tracking_uri=mlflow_server, port=free_port(), cpus_per_replica=0.5,

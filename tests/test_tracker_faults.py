@@ -18,7 +18,7 @@ from bgwsol.config import RunConfig, replace
 from bgwsol.tracking import runs
 from bgwsol.tracking.local_server import free_port, launch
 from bgwsol.tracking.runs import RunLogger, TrackingConfig, replay_unlogged
-from bgwsol.training.engine import RunData, plan_data
+from bgwsol.data.plan import RunData, plan_data
 from bgwsol.training.local import fit_local
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]

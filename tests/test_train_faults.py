@@ -13,7 +13,7 @@ import torch
 
 from bgwsol.config import RunConfig, replace
 from bgwsol.training.distributed import CHECKPOINT_FILE, ClusterConfig, TrainingCodeError, fit, lost_ranks
-from bgwsol.training.engine import RunData
+from bgwsol.data.plan import RunData
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -8,42 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def registered_artifacts(model: str, tracking_uri: str) -> str:
-    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> where that version's files are,
-    asked of ``tracking_uri``'s registry (MLflow itself resolves ``models:/`` with the registry of
-    the environment, MLFLOW_TRACKING_URI, whatever tracking URI it is given). Other URIs as they are."""
-    if not tracking_uri or not model.startswith("models:/"):
-        return model
-    from mlflow import MlflowClient
-
-    name, alias_sep, rest = model[len("models:/"):].partition("@")
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    if alias_sep:
-        version = client.get_model_version_by_alias(name, rest).version
-    elif "/" in name:
-        name, version = name.split("/", 1)
-    else:
-        return model  # a logged model's id: the tracking store resolves it
-    return client.get_model_version_download_uri(name, version)
-
-
-def load_localizer(model: str, tau: float | None, tracking_uri: str):
-    """A Localizer from a checkpoint (``checkpoint.pt`` or its folder) or a registered model URI
-    (``models:/name@alias``, ``runs:/...``): the checkpoint file the registry logged with it."""
-    from bgwsol.checkpoint import CHECKPOINT_FILE
-    from bgwsol.serving.localizer import Localizer
-
-    if Path(model).exists():
-        return Localizer.from_checkpoint(model, tau)
-    import mlflow.artifacts
-
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=registered_artifacts(model, tracking_uri),
-                                                      tracking_uri=tracking_uri or None))
-    found = sorted(folder.rglob(CHECKPOINT_FILE))
-    if not found:
-        raise FileNotFoundError(f"{model} holds no {CHECKPOINT_FILE}: not a bgwsol model")
-    return Localizer.from_checkpoint(found[0], tau)
+from bgwsol.serving.localizer import load_localizer
 
 
 def localize_main(args: argparse.Namespace) -> int:

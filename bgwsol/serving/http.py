@@ -137,7 +137,7 @@ def build_app(cfg: ServeConfig):
         def __init__(self, config: ServeConfig):
             import torch
 
-            from bgwsol.serving.cli import load_localizer
+            from bgwsol.serving.localizer import load_localizer
 
             torch.set_num_threads(max(1, int(config.cpus_per_replica)))
             self.config = config

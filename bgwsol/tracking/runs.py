@@ -44,6 +44,19 @@ def resolve_uri(cfg: TrackingConfig) -> str:
     return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
 
 
+def runs_view_path(tracking_uri: str, experiment: str) -> str:
+    """``#/experiments/<id>/runs``: the training-runs table of ``experiment`` in the MLflow UI
+    (``#/experiments/<id>`` alone opens MLflow 3's GenAI overview of traces in a fresh browser);
+    "" when the server does not know the experiment or cannot be asked."""
+    from mlflow import MlflowClient
+
+    try:
+        found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 - a link is a courtesy: no link rather than a failed job
+        return ""
+    return f"#/experiments/{found.experiment_id}/runs" if found is not None else ""
+
+
 class TrackingUnavailable(UserError, RuntimeError):
     """The MLflow tracking server cannot be used; the message names it (without credentials) and the cause."""
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from bgwsol.config import RunConfig, option, replace, to_dict
 from bgwsol.errors import UserError, one_line
 from bgwsol.checkpoint import CHECKPOINT_FILE  # noqa: F401 - the file name, for callers of this module
-from bgwsol.training.engine import DataPlan, FinalEvaluation, RunData
+from bgwsol.data.plan import DataPlan, RunData
+from bgwsol.evaluation.scoring import FinalEvaluation
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from bgwsol.training.engine import Worker, train
+    from bgwsol.data.plan import Worker
+    from bgwsol.training.engine import train
 
     job: WorkerJob = config["job"]
     ctx = ray.train.get_context()
@@ -242,7 +244,7 @@ def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, ca
     from bgwsol.methods import build_method
     from bgwsol.training.cluster_resources import controller_note, note_run_started
     from bgwsol.tracking.runs import check_tracking
-    from bgwsol.training.engine import plan_data
+    from bgwsol.data.plan import plan_data
 
     name = cluster.run_name or default_run_name(cfg)
     loc = check_access(cluster.storage_path, writable=True)
@@ -379,7 +381,8 @@ def _evaluate_part(state: dict, plan: DataPlan, rank: int, world: int, post_hoc:
     import ray
     import torch
 
-    from bgwsol.training.engine import Worker, evaluate_checkpoint
+    from bgwsol.data.plan import Worker
+    from bgwsol.evaluation.scoring import evaluate_checkpoint
 
     torch.set_num_threads(threads)
     device = "cuda" if ray.get_gpu_ids() else "cpu"
@@ -395,7 +398,7 @@ def evaluate(state: dict, plan: DataPlan, cluster: ClusterConfig, post_hoc: list
     import ray
 
     from bgwsol.checkpoint import inference_state
-    from bgwsol.training.engine import merge_evaluations, summarize
+    from bgwsol.evaluation.scoring import merge_evaluations, summarize
 
     task = ray.remote(num_cpus=cluster.cpus_per_worker, num_gpus=1 if cluster.use_gpu else 0)(_evaluate_part)
     state_ref = ray.put(inference_state(state))

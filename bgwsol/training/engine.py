@@ -1,120 +1,39 @@
-"""The one training engine: data plan, model, step, epoch, evaluation and the checkpoint format.
+"""The one training engine: model, optimizer, step, epoch, validation and the checkpoints.
 
 Every run goes through this module, wherever it runs: :mod:`bgwsol.training.local` calls
 :func:`train` in this process (rank 0 of 1), :mod:`bgwsol.training.distributed` calls it on
 each Ray Train worker (DDP over the process group Ray Train sets up). Both read the same
-shard set with the same streaming loader (:class:`~bgwsol.data.loader.TrainStream`,
-:class:`~bgwsol.data.loader.EvalStream`) and write the same checkpoint file, which resume,
-the MLflow registry and ``bgwsol localize`` all read.
+shard set (a :class:`~bgwsol.data.plan.DataPlan`) with the same streaming loader and write the
+same checkpoint file, which resume, the MLflow registry and ``bgwsol localize`` all read.
 
-A run chooses its checkpoint on the validation split (``eval.select_metric``); the operating
-thresholds come from validation too (:func:`evaluate_checkpoint`), and the test split is
-read once, after training, with them.
+Training only produces checkpoints: a run chooses its checkpoint on the validation split
+(``eval.select_metric``), and scoring it afterwards (thresholds on validation, the test split
+once) is :mod:`bgwsol.evaluation.scoring`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from bgwsol.checkpoint import build_model, model_from_state
-from bgwsol.config import EvalConfig, RunConfig, to_dict
-from bgwsol.evaluation.evaluator import SplitEvaluation, evaluate, overlay_grid
+from bgwsol.checkpoint import build_model
+from bgwsol.config import RunConfig, to_dict
+from bgwsol.data.plan import DataPlan, Worker
+from bgwsol.evaluation.evaluator import overlay_grid
+from bgwsol.evaluation.scoring import evaluate_part, gather_evaluations, map_variants, overlay_batch
 from bgwsol.methods import Method, build_method
 from bgwsol.progress import ProgressSender
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH = 64
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class RunData:
-    """Where a run reads its images: a committed shard set, and a background shard set for
-    methods that use one (``s3://bucket/prefix`` or a folder holding ``manifest.json``)."""
-
-    shards: str
-    background_shards: str = ""
-
-
-@dataclass
-class DataPlan:
-    """The intact shards of a run, decided once (on the driver) for every rank.
-
-    Every rank must read the same lists, or their step counts differ and DDP hangs. Damaged
-    shards (missing, or not the size the manifest records) are left out and counted.
-    """
-
-    train: list[str]
-    val: list[str]
-    test: list[str]
-    background: list[str] | None
-    counts: dict[str, int]          # intact samples per split ("train", "val", "test")
-    expected: dict[str, int]        # samples per split in the manifest
-    classes: list[str]
-    class_names: list[str] | None
-    digest: str                     # the dataset manifest's SHA-256
-    dataset: str
-    damaged: dict[str, str] = field(default_factory=dict)  # shard URL -> why
-    source: str = ""                # the dataset shard set's URL
-    background_source: str = ""     # the background shard set's URL ("" without one)
-    background_digest: str = ""     # its manifest's SHA-256
-
-    def inputs(self) -> list[dict]:
-        """The shard sets this plan reads, as :meth:`bgwsol.tracking.runs.RunLogger.log_inputs` takes them."""
-        out = [{"name": f"{self.dataset}-shards", "url": self.source, "digest": self.digest, "context": "training"}]
-        if self.background_source:
-            out.append({"name": "background-shards", "url": self.background_source, "digest": self.background_digest,
-                        "context": "background"})
-        return out
-
-    @property
-    def lost(self) -> int:
-        """Samples of the dataset in damaged shards."""
-        return sum(self.expected[s] - self.counts[s] for s in self.counts)
-
-
-def plan_data(data: RunData, uses_background: bool) -> DataPlan:
-    """Open the shard sets of ``data`` and list their intact shards; raises ShardSetError when
-    no training shard is left, ValueError when a method needs background and none is set."""
-    from bgwsol.data.shards.shardset import ShardSet, ShardSetError
-
-    shards = ShardSet.open(data.shards)
-    urls, counts, damaged = {}, {}, {}
-    for split in ("train", "val", "test"):
-        urls[split], counts[split], bad = shards.usable(split) if split in shards.splits else ([], 0, {})
-        damaged.update(bad)
-    background, bg_set = None, None
-    if uses_background:
-        if not data.background_shards:
-            raise ValueError("this method needs background images: give a background shard set")
-        bg_set = ShardSet.open(data.background_shards)
-        background, _, bad = bg_set.usable("background")
-        damaged.update(bad)
-    plan = DataPlan(urls["train"], urls["val"], urls["test"], background, counts,
-                    {s: shards.count(s) if s in shards.splits else 0 for s in counts}, shards.classes,
-                    shards.manifest.get("class_names"), shards.digest, shards.manifest["dataset"], damaged,
-                    shards.location.url, bg_set.location.url if bg_set else "", bg_set.digest if bg_set else "")
-    if damaged:
-        log.warning("%d damaged shards left out (%d samples of the dataset): %s", len(damaged), plan.lost,
-                    "; ".join(f"{u}: {why}" for u, why in damaged.items()))
-    if not plan.train or (uses_background and not background):
-        raise ShardSetError(f"no intact training shards left in {data.shards}"
-                            + (f" / {data.background_shards}" if uses_background else ""))
-    return plan
 
 
 # ----------------------------------------------------------------------------- model and optimizer
@@ -124,19 +43,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def map_variants(method: Method, post_hoc: Iterable[str] = ()) -> dict[str, Method]:
-    """The maps to score: the method's own (``main``); for a foreground head also CAM alone
-    (``cam_only``) and M alone (``mask_only``); and each post-hoc method named (e.g. ``eigencam``
-    on a CAM-trained model)."""
-    variants = {"main": method}
-    if method.needs_fg_head:
-        for name, alpha in (("cam_only", 0.0), ("mask_only", 1.0)):
-            variants[name] = build_method(dataclasses.replace(method.cfg, alpha=alpha))
-    for name in post_hoc:
-        variants[name] = build_method(dataclasses.replace(method.cfg, name=name))
-    return variants
 
 
 def compute_losses(model: torch.nn.Module, method: Method, images: torch.Tensor, labels: torch.Tensor, epoch: int,
@@ -174,29 +80,6 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmu
 # ----------------------------------------------------------------------------- where a rank runs
 
 
-@dataclass
-class Worker:
-    """This process's place in a run: rank ``rank`` of ``world``, its device and loader processes.
-
-    On CUDA the engine trains with bf16 autocast and channels_last; on CPU in fp32, NCHW.
-    """
-
-    rank: int = 0
-    world: int = 1
-    device: str = "cpu"
-    loader_workers: int = 0
-
-    @property
-    def amp(self) -> bool:
-        return torch.device(self.device).type == "cuda"
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        # channels_last on GPU (the model is converted too); plain NCHW on CPU, where DDP's
-        # gradient buckets expect it
-        return torch.channels_last if self.amp else torch.contiguous_format
-
-
 class Session(Protocol):
     """Where a run's checkpoints go and come back from (a folder here, Ray Train's storage there)."""
 
@@ -226,109 +109,6 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def merge_evaluations(parts: list[dict[str, SplitEvaluation]]) -> dict[str, SplitEvaluation]:
-    """The ranks' evaluations (one dict of map variant -> accumulators per rank) added into one."""
-    merged = parts[0]
-    for part in parts[1:]:
-        for name, ev in part.items():
-            merged[name].merge(ev)
-    return merged
-
-
-def gather_evaluations(local: dict[str, SplitEvaluation]) -> dict[str, SplitEvaluation]:
-    """Merge every rank's evaluations (torch.distributed object gather); all ranks get the sum.
-    A no-op outside a process group of more than one rank."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return local
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, local)
-    return merge_evaluations(parts)
-
-
-def eval_loader(urls: list[str], input_size: int, worker: Worker):
-    """This rank's part of a split: every sample of ``urls`` exactly once across the ranks."""
-    from torch.utils.data import DataLoader
-
-    from bgwsol.data.loader import EvalStream, collate_eval
-
-    stream = EvalStream(urls, input_size=input_size, rank=worker.rank, world_size=worker.world)
-    return DataLoader(stream, batch_size=EVAL_BATCH, collate_fn=collate_eval, num_workers=worker.loader_workers)
-
-
-def evaluate_part(model: torch.nn.Module, variants: dict[str, Method], urls: list[str], input_size: int,
-                  eval_cfg: EvalConfig, worker: Worker) -> dict[str, SplitEvaluation]:
-    """This rank's accumulators for each map variant over its part of ``urls`` (merge them with
-    :func:`gather_evaluations` or ``SplitEvaluation.merge``)."""
-    from bgwsol.data.loader import normalize
-
-    return evaluate(model, variants, eval_loader(urls, input_size, worker), eval_cfg, worker.device,
-                    preprocess=normalize)
-
-
-def overlay_batch(urls: list[str], input_size: int, count: int = 8) -> dict:
-    """The first ``count`` images of a split's first shard (the same ones every time)."""
-    from torch.utils.data import DataLoader
-
-    from bgwsol.data.loader import EvalStream, collate_eval
-
-    return next(iter(DataLoader(EvalStream(urls[:1], input_size=input_size), batch_size=count,
-                                collate_fn=collate_eval)))
-
-
-@dataclass
-class FinalEvaluation:
-    """A trained checkpoint scored once: per map variant the validation metrics at its own best
-    thresholds, the thresholds chosen there (IoU percent -> τ), and the test metrics at them;
-    for the report, per variant the test split's box accuracy curves (``{"thresholds": [T],
-    "boxacc": {IoU: [T] percent}}``) and Top-1 Loc per class index at the validation τ (IoU 50)."""
-
-    val: dict[str, dict[str, float]]
-    taus: dict[str, dict[int, float]]
-    test: dict[str, dict[str, float]]
-    test_curves: dict[str, dict] = field(default_factory=dict)
-    test_per_class: dict[str, dict[int, float]] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"val": self.val, "test": self.test,
-                "taus_from_val": {v: {str(k): t for k, t in taus.items()} for v, taus in self.taus.items()},
-                "test_curves": self.test_curves,
-                "test_top1_loc_per_class": {v: {str(k): x for k, x in per.items()}
-                                            for v, per in self.test_per_class.items()}}
-
-
-def box_curves(ev: SplitEvaluation) -> dict:
-    """``{"thresholds": [T], "boxacc": {IoU: [T]}}``: box accuracy (percent) against the map threshold."""
-    return {"thresholds": [float(t) for t in ev.boxes.thresholds],
-            "boxacc": {int(iou): [float(x) for x in row] for iou, row in zip(ev.boxes.iou_thresholds, ev.boxes.curves())}}
-
-
-def summarize(val: dict[str, SplitEvaluation], test: dict[str, SplitEvaluation]) -> FinalEvaluation:
-    """Thresholds per variant from the merged validation accumulators, test metrics at them."""
-    taus = {name: ev.boxes.best_thresholds() for name, ev in val.items()}
-    return FinalEvaluation({n: ev.summary() for n, ev in val.items()}, taus,
-                           {n: ev.summary(taus[n]) for n, ev in test.items()},
-                           {n: box_curves(ev) for n, ev in test.items()},
-                           {n: ev.boxes.top1_loc_per_class(taus[n][50]) for n, ev in test.items() if 50 in taus[n]})
-
-
-def evaluate_checkpoint(state: dict, plan: DataPlan, worker: Worker, post_hoc: Iterable[str] = ()
-                        ) -> tuple[dict[str, SplitEvaluation], dict[str, SplitEvaluation]]:
-    """This rank's validation and test accumulators of a checkpoint, for every map variant of its
-    method (and ``post_hoc`` maps on the same model). Merge over ranks, then :func:`summarize`."""
-    model, method, cfg = model_from_state(state)
-    model = model.to(worker.device)
-    variants = map_variants(method, post_hoc)
-    with torch.no_grad():
-        val = evaluate_part(model, variants, plan.val, cfg.data.input_size, cfg.eval, worker)
-        test = evaluate_part(model, variants, plan.test, cfg.data.input_size, cfg.eval, worker)
-    return val, test
 
 
 # ----------------------------------------------------------------------------- training
@@ -535,31 +315,3 @@ def train(cfg: RunConfig, plan: DataPlan, worker: Worker, session: Session, logg
                      cfg.train.epochs, record.get("train_loss", float("nan")), record["images_per_s"],
                      cfg.eval.select_metric, score)
     return training
-
-
-def test_overlays(state: dict, plan: DataPlan, tau: float, count: int = 12):
-    """A picture of the first ``count`` test images under every map variant of a checkpoint, at ``tau``."""
-    from bgwsol.data.loader import normalize
-
-    model, method, cfg = model_from_state(state)
-    batch = overlay_batch(plan.test, cfg.data.input_size, count)
-    return overlay_grid(model, map_variants(method), batch, cfg.eval.scoremap_size, tau, preprocess=normalize,
-                        count=count)
-
-
-def write_run_files(directory: str | Path, cfg: RunConfig, state: dict, final: FinalEvaluation,
-                    picture=None) -> Path:
-    """A finished run's files for people: ``config.yaml``, ``history.jsonl`` (one line per
-    epoch), ``results.json`` (validation, thresholds chosen there, test) and, given,
-    ``overlays_test.png``."""
-    from bgwsol.config import write_yaml
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    write_yaml(cfg, out / "config.yaml")
-    (out / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.get("history", [])))
-    (out / "results.json").write_text(json.dumps({
-        "method": cfg.method.name, "best_epoch": state.get("epoch"), **final.to_json()}, indent=2))
-    if picture is not None:
-        picture.save(out / "overlays_test.png")
-    return out

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from bgwsol.config import RunConfig
 from bgwsol.checkpoint import load_checkpoint, save_checkpoint
-from bgwsol.training.engine import DataPlan, FinalEvaluation, Worker, evaluate_checkpoint, summarize, train
+from bgwsol.data.plan import DataPlan, Worker
+from bgwsol.evaluation.scoring import FinalEvaluation, evaluate_checkpoint, summarize
+from bgwsol.training.engine import train
 
 METRICS_FILE = "metrics.jsonl"  # one reported record per line, as Ray Train keeps them in its result
 
@@ -60,5 +62,5 @@ def best_checkpoint(run_dir: str | Path) -> tuple[dict, dict]:
 
 
 def evaluate_local(state: dict, plan: DataPlan, post_hoc: list[str] | tuple[str, ...] = ()) -> FinalEvaluation:
-    """:func:`~bgwsol.training.engine.evaluate_checkpoint` in this process, summarized."""
+    """:func:`~bgwsol.evaluation.scoring.evaluate_checkpoint` in this process, summarized."""
     return summarize(*evaluate_checkpoint(state, plan, Worker(), post_hoc))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from bgwsol.config import RunConfig, option, replace, to_dict
 from bgwsol.training.distributed import ClusterConfig, fit
-from bgwsol.training.engine import RunData
+from bgwsol.data.plan import RunData
 from bgwsol.tracking.runs import TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -124,10 +124,11 @@ def trial_lines(total: int, metric: str, mode: str, epochs: int, tune_name: str 
                 value = float(result[metric])
                 self.best_of[trial.trial_id] = better(value, self.best_of.get(trial.trial_id, value))
 
-        def _ended(self, trial, how: str) -> None:
+        def _ended(self, trial, how: str, trials) -> None:
             if tune_name:
                 release_in_background(f"{tune_name}-{trial.trial_id}")
-            self.done.add(trial.trial_id)
+            # trials that ended before a restore count too: Tune hands every trial to the callback
+            self.done |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id}
             epochs = (trial.last_result or {}).get("training_iteration", 0)
             mine = self.best_of.get(trial.trial_id)
             leader = better(self.best_of.items(), key=lambda kv: kv[1]) if self.best_of else None
@@ -137,10 +138,10 @@ def trial_lines(total: int, metric: str, mode: str, epochs: int, tune_name: str 
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             trained = (trial.last_result or {}).get("training_iteration", 0)
-            self._ended(trial, "finished" if trained >= epochs else "stopped by ASHA")
+            self._ended(trial, "finished" if trained >= epochs else "stopped by ASHA", trials)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self._ended(trial, "failed")
+            self._ended(trial, "failed", trials)
 
     return TrialLines()
 

@@ -70,9 +70,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from bgwsol.tracking import local_server as mlflow_server
     from bgwsol.ray_init import RayConfig, init_ray
     from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag, run_history
-    from bgwsol.training.engine import RunData, plan_data
+    from bgwsol.data.plan import RunData, plan_data
     from bgwsol.tracking.model_registry import log_and_register
-    from bgwsol.tracking.runs import attach_file, check_tracking, resolve_uri
+    from bgwsol.tracking.runs import attach_file, check_tracking, resolve_uri, runs_view_path
     from bgwsol.training.cluster_resources import ResourceWatch
     from bgwsol.training.tune import params_of, run_search
 
@@ -143,7 +143,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                                                           "registration": registration.__dict__,
                                                           "models": [m.to_json() for m in models]}, indent=2, default=str))
             return {"table": table, "test": test, "registration": registration, "tracking_uri": tracking.tracking_uri,
-                    "ui_command": ui, "best_params": outcome.best_params, "output_dir": str(out)}
+                    "ui_command": ui, "best_params": outcome.best_params, "output_dir": str(out),
+                    "runs_view": runs_view_path(tracking.tracking_uri, tracking.experiment)}
     finally:
         if server is not None:
             server.stop()
@@ -152,9 +153,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 def write_job_report(path: Path, scored: list[tuple], test_urls: list[str], title: str, notes: list[str]) -> list:
     """``report.html`` for rows ``(label, checkpoint state, FinalEvaluation, map variant)``, the
     last one the model the job delivers; returns the rows' :class:`~bgwsol.workflows.report.ModelReport`."""
-    from bgwsol.workflows.report import example_tiles, model_report, score_examples, write_report
+    from bgwsol.evaluation.scoring import score_examples
+    from bgwsol.workflows.report import example_tiles, model_report, write_report
 
-    models = [model_report(label, final, state, variant) for label, state, final, variant in scored]
+    # a row's loss panel is its trained run's: the label of that checkpoint's own ("main") map
+    runs = {id(state): label for label, state, _final, variant in scored if variant == "main"}
+    models = [model_report(label, final, state, variant, runs.get(id(state), label))
+              for label, state, final, variant in scored]
     # one pass over the example images per checkpoint, for all of its map variants
     wanted: dict[int, tuple[dict, dict[str, float]]] = {}
     for _label, state, final, variant in scored:
@@ -175,10 +180,13 @@ def report(result: dict, seconds: float) -> str:
              + (" -> alias champion" if reg.champion else " (champion unchanged: not better)"),
              f"\nReport: {Path(result['output_dir']).resolve() / 'report.html'}",
              f"Outputs: {result['output_dir']}/{{comparison.md,results.json,pipeline.yaml,logs/}}"]
+    view = result.get("runs_view", "")
     if result["ui_command"]:
-        lines.append(f"Browse the runs (then open http://127.0.0.1:5000):\n  {result['ui_command']}")
+        lines.append(f"Browse the runs (then open http://127.0.0.1:5000/{view}):\n  {result['ui_command']}")
     else:
-        lines.append(f"Runs are in MLflow at {result['tracking_uri']}")
+        from bgwsol.tracking.runs import redact_url
+
+        lines.append(f"Runs are in MLflow at {redact_url(result['tracking_uri']).rstrip('/')}/{view}")
     # the job's own server is gone when it ends: the UI command above serves the same store on :5000
     uri = "http://127.0.0.1:5000" if result["ui_command"] else result["tracking_uri"]
     lines.append(f"Localize with the champion{' (with that server running)' if result['ui_command'] else ''}:\n"

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bgwsol.evaluation.scoring import ExampleMaps
+
 # metric key -> column header, in table order
 COLUMNS = {"maxboxacc_v2": "MaxBoxAccV2", "boxacc_v2_at_tau": "BoxAccV2 @ val τ", "maxboxacc_iou70": "IoU70",
            "gt_known_loc": "GT-known Loc", "top1_loc": "Top-1 Loc", "top5_loc": "Top-5 Loc", "top1_cls": "Top-1 cls",
@@ -40,7 +42,9 @@ class ModelReport:
     taus: dict[int, float]
     curves: dict
     per_class: dict[str, float] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # every epoch of the run, not only up to the best
+    run: str = ""                   # the trained run this row scores (its loss panel's title); "" = label
+    best_epoch: int | None = None   # the epoch (0-based) of the checkpoint this row scores
 
     def to_json(self) -> dict:
         return {"label": self.label, "test": self.test, "taus": {str(k): v for k, v in self.taus.items()},
@@ -50,11 +54,13 @@ class ModelReport:
                 "history": [{k: v for k, v in r.items() if isinstance(v, (int, float))} for r in self.history]}
 
 
-def model_report(label: str, final, state: dict, variant: str = "main") -> ModelReport:
+def model_report(label: str, final, state: dict, variant: str = "main", run: str = "") -> ModelReport:
     """The row ``label`` of map ``variant`` of a checkpoint ``state`` scored as ``final``
-    (:class:`bgwsol.training.engine.FinalEvaluation`)."""
+    (:class:`bgwsol.evaluation.scoring.FinalEvaluation`); ``run`` names the trained run (the loss
+    panel's title), and the checkpoint's epoch is marked there as the best."""
     return ModelReport(label, dict(final.test[variant]), dict(final.taus[variant]), final.test_curves.get(variant, {}),
-                       per_class_by_name(final, variant, class_names(state)), list(state.get("history", [])))
+                       per_class_by_name(final, variant, class_names(state)), list(state.get("history", [])),
+                       run or label, state.get("epoch"))
 
 
 def class_names(state: dict) -> list[str]:
@@ -119,69 +125,32 @@ def curves_figure(models: list[ModelReport]):
 
 
 def loss_figure(models: list[ModelReport]):
-    """The mean training loss terms per epoch, one panel per trained run (rows that are map
-    variants of the same run share its panel)."""
+    """The mean training loss terms of every epoch, one panel per trained run, titled by the run
+    (rows that score map variants or post-hoc maps of the same run share its panel), with the
+    epoch of the scored checkpoint marked."""
     plt = _pyplot()
-    runs: dict[tuple, tuple[str, list[dict]]] = {}
+    runs: dict[str, ModelReport] = {}
     for m in models:
-        if m.history:  # map variants of one run carry the same records: the panel takes the last one's name
-            runs[tuple((r.get("epoch"), r.get("train_loss")) for r in m.history)] = (m.label, m.history)
+        if m.history:
+            runs.setdefault(m.run or m.label, m)
     if not runs:
         return None
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.2), squeeze=False)
-    for ax, (label, history) in zip(axes[0], runs.values()):
+    for ax, (title, m) in zip(axes[0], runs.items()):
+        history = m.history
         terms = sorted({k for r in history for k in r if k.startswith("train_")})
         epochs = [int(r.get("epoch", i)) + 1 for i, r in enumerate(history)]
         for term in terms:
             ax.plot(epochs, [r.get(term, math.nan) for r in history], marker=".", label=term[len("train_"):])
-        ax.set_title(label)
+        if m.best_epoch is not None:
+            ax.axvline(m.best_epoch + 1, color="0.4", linestyle=":", linewidth=1, label="best epoch (kept)")
+        ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("mean loss")
     return fig
-
-
-@dataclass
-class ExampleMaps:
-    """One model's maps on the report's example images (the first ``scan`` of the test split's
-    first shard): ``maps`` ``(N, S, S)`` uint8 (value x 255), ``ious`` ``(N,)`` best IoU at ``tau``."""
-
-    maps: np.ndarray
-    ious: np.ndarray
-    tau: float
-
-
-def score_examples(state: dict, variants: dict[str, float], test_urls: list[str], scan: int = 48
-                   ) -> dict[str, ExampleMaps]:
-    """Score the example images with checkpoint ``state`` under each map variant (name -> τ);
-    runs wherever the checkpoint is (a Ray task of the comparison, or the driver)."""
-    import torch
-
-    from bgwsol.checkpoint import model_from_state
-    from bgwsol.data.loader import normalize
-    from bgwsol.evaluation.evaluator import batch_targets, upsample_maps
-    from bgwsol.evaluation.scoremaps import best_iou_per_threshold
-    from bgwsol.training.engine import map_variants, overlay_batch
-
-    model, method, cfg = model_from_state(state)
-    batch = overlay_batch(test_urls, cfg.data.input_size, scan)
-    size = cfg.eval.scoremap_size
-    targets = list(batch_targets(batch, size))
-    labels = torch.as_tensor(batch["label"])
-    model.eval()
-    with torch.no_grad():
-        outputs = model(normalize(batch["image"]))
-        own = map_variants(method)
-        known = map_variants(method, [v for v in variants if v not in own])  # post-hoc maps (eigencam) too
-        found = {}
-        for variant, tau in variants.items():
-            maps = upsample_maps(known[variant].scoremaps(outputs, labels), size).numpy()
-            ious = np.array([best_iou_per_threshold(maps[j], gt, [tau], cfg.eval.multi_contour)[0]
-                             for j, (_key, gt, _mask) in enumerate(targets)])
-            found[variant] = ExampleMaps((maps * 255).round().astype(np.uint8), ious, float(tau))
-    return found
 
 
 def example_tiles(rows: dict[str, ExampleMaps], test_urls: list[str], input_size: int, pick: int = 8,
@@ -194,8 +163,8 @@ def example_tiles(rows: dict[str, ExampleMaps], test_urls: list[str], input_size
 
     from bgwsol.evaluation.evaluator import batch_targets
     from bgwsol.evaluation.scoremaps import boxes_at_threshold
+    from bgwsol.evaluation.scoring import overlay_batch
     from bgwsol.evaluation.viz import overlay
-    from bgwsol.training.engine import overlay_batch
 
     last = rows[rank_by] if rank_by in rows else list(rows.values())[-1]
     count, size = last.maps.shape[0], last.maps.shape[-1]
