@@ -46,9 +46,15 @@ class Cluster:
         log = open(self.logs / f"node{n}.log", "wb")
         # each node its own temp dir, as on separate machines (a node that starts cleans up the
         # runtime-env files it finds in its own, and must not delete a running job's working dir)
+        # and its own agent ports: Ray's fixed defaults (52365 …) may be held by another Ray on
+        # the machine (the suite's own), and an agent that cannot bind its HTTP port stays up
+        # without it, so the head then refuses every job ("No available agent to submit job")
+        ports = [arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                  "--metrics-export-port", "--runtime-env-agent-port")
+                 for arg in (flag, str(free_port()))]
         proc = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
                                  "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                                 "--temp-dir", str(self.root / f"n{n}"), *args],
+                                 "--temp-dir", str(self.root / f"n{n}"), *ports, *args],
                                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(proc)
         return proc

@@ -65,6 +65,19 @@ def trial_checkpoints(storage: Path) -> dict[str, list[str]]:
     return found
 
 
+def committed(storage: Path) -> bool:
+    """Whether Ray Train has recorded a trial checkpoint in its checkpoint manager's snapshot. A
+    checkpoint folder appears on disk before that; a job stopped in between rightly starts the
+    trial again, so the resume check waits for this."""
+    for snapshot in storage.glob("tune-bgwsol-ilsvrc-*-*/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except ValueError:  # being written
+            pass
+    return False
+
+
 def history(run_dir: Path) -> list[int]:
     """Epochs in the latest checkpoint of a Ray Train run folder."""
     latest = sorted(run_dir.glob("checkpoint_*/checkpoint.pt"))[-1]
@@ -81,10 +94,10 @@ def test_sigterm_stops_everything_and_a_rerun_resumes(tiny_synthetic, tmp_path):
     job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                            start_new_session=True)
     try:
-        # stop it once the baseline is done and the search's trial has checkpointed an epoch
+        # stop it once the baseline is done and Ray Train has committed a checkpoint of the trial
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline and job.poll() is None:
-            if trial_checkpoints(tmp_path / "ray"):
+            if committed(tmp_path / "ray"):
                 break
             time.sleep(0.5)
         assert job.poll() is None, "the job ended before it was stopped:\n" + (tmp_path / "first.log").read_text()[-3000:]

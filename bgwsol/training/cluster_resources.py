@@ -199,8 +199,9 @@ def release_run(run: str, grace_s: float = 30.0, controller_finished: bool = Fal
 
     Waits up to ``grace_s`` for Ray Train's own cleanup (its placement groups removed, its
     controller gone), then kills the controller and removes the placement groups still there.
-    ``controller_finished``: called by ``fit`` after the controller returned its result, so the
-    controller is only dropped (Ray ends an actor nobody holds), never waited for. Without a
+    ``controller_finished``: called by ``fit`` after the controller returned its result: the
+    controller has nothing left to do and is ended at once, never waited for (a handle that
+    passed through the ledger can keep an idle controller alive). Without a
     ledger (no :class:`ResourceWatch` open in the job) this is a no-op.
     """
     import ray
@@ -209,8 +210,12 @@ def release_run(run: str, grace_s: float = 30.0, controller_finished: bool = Fal
     if ledger is None:
         return None
     held = ray.get(ledger.ended.remote(run))
-    controller = None if controller_finished else held["controller"][0]  # (actor id, handle) or None
+    controller = held["controller"][0]  # (actor id, handle) or None
     del held["controller"]
+    if controller_finished:
+        if controller is not None:
+            ray.kill(controller[1])
+        controller = None
     groups = set(held["placement_groups"])
     deadline = time.monotonic() + grace_s
     while True:

@@ -11,6 +11,7 @@ validation (thresholds) and test as Ray tasks on the workers, merged on the driv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -268,9 +269,45 @@ def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, ca
     except KeyboardInterrupt:  # the job is stopping: its Ray goes with it, nothing to release one by one
         interrupted = True
         raise
+    except Exception as error:
+        _clear_frames(error)
+        raise
     finally:
         if not interrupted:
             _release(name)
+
+
+@contextlib.contextmanager
+def _sigint_kept():
+    """Restore the SIGINT handler after ``TorchTrainer.fit``: on the main thread Ray Train
+    installs one that aborts *this* run's controller and keeps its handle; left in place after
+    the run it kept the finished controller alive, and a later Ctrl-C (during the Tune search)
+    called ``abort`` on a dead actor, which made the job exit with status 0."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _clear_frames(error: BaseException) -> None:
+    """Clear the local variables of the finished frames in ``error``'s tracebacks (the lines
+    stay): Ray Train's frames hold the handle of the run's controller, and an exception kept by
+    a caller (a test's ``pytest.raises``, a retry loop) would keep that idle controller alive."""
+    import traceback
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if error.__traceback__ is not None:
+            traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def _release(name: str) -> None:
@@ -297,7 +334,8 @@ def _fit_with_restarts(job: WorkerJob, run_config, cluster: ClusterConfig, name:
                                                    resources_per_worker={"CPU": cluster.cpus_per_worker}),
             run_config=run_config)
         try:
-            return trainer.fit()
+            with _sigint_kept():
+                return trainer.fit()
         except ray.train.WorkerGroupError as exc:
             lost = lost_ranks(exc.worker_failures)
             if not lost:
