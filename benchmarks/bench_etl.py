@@ -10,8 +10,15 @@ Memory (``--memory``): the ETL runs in a child process at 1x and ``--scale`` x t
 the peak proportional set size (PSS, so Ray's shared object store is not double counted)
 of the child and every process under it (Ray's GCS, raylet, workers) is sampled every 0.1 s.
 
+Task memory (``--task-memory``): one ETL task's work on one shard of 64 MiB to 1 GiB, each in
+a fresh process, reporting its peak RSS: the task as it ships (:func:`write_shard`, samples
+streamed into the tar) beside the reference that holds the shard, as the ETL did before
+(output lists -> an Arrow table -> Python rows -> the tar). Shards are made of the same 100
+large source photos under different keys (the content does not matter for memory).
+
     python benchmarks/bench_etl.py --num-images 600 --ray-cpus 2
     python benchmarks/bench_etl.py --memory --num-images 300 --scale 10
+    python benchmarks/bench_etl.py --task-memory
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -28,7 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgwsol.data.shards.etl import ShardConfig, SplitListing, listing_rows, write_shard_set, write_tar
+from bgwsol.data.shards.etl import (ShardConfig, ShardTarget, SplitListing, encode_row, listing_rows, read_ahead,
+                                   write_shard, write_shard_set, write_tar)
+from bgwsol.data.storage import Location
 from bgwsol.data.shards.imageproc import process_image
 from bgwsol.data.sources.records import Sample
 
@@ -133,6 +143,70 @@ def measure_memory(n: int, size: tuple[int, int], ray_cpus: int, work: Path) -> 
     return peak / 1024, time.perf_counter() - t0
 
 
+def held_shard(rows: list[dict], cfg: ShardConfig, out: Path) -> None:
+    """The reference: the ETL task before streaming (the shard's samples in lists, then an Arrow
+    table, then Python rows, then the tar)."""
+    import pyarrow as pa
+
+    cols: dict[str, list] = {"__key__": [], "jpg": [], "json": [], "mask.png": []}
+    for row, fetch in read_ahead(rows, cfg.read_ahead):
+        members, _, _ = encode_row(row, fetch, cfg)
+        cols["__key__"].append(row["__key__"])
+        cols["jpg"].append(members["jpg"])
+        cols["json"].append(members["json"].decode())
+        cols["mask.png"].append(None)
+    table = pa.table({"__key__": pa.array(cols["__key__"], pa.string()), "jpg": pa.array(cols["jpg"], pa.binary()),
+                      "json": pa.array(cols["json"], pa.string()), "mask.png": pa.array(cols["mask.png"], pa.binary())})
+    with open(out, "wb") as f:
+        write_tar(table.to_pylist(), f)
+
+
+TASK_CFG = ShardConfig(max_short_side=1200, jpeg_quality=90)  # large photos kept large: ~0.3 MB per sample
+
+
+def task_rows(work: Path, mib: int) -> list[dict]:
+    """Listing rows of one shard of about ``mib`` MiB: 100 source photos repeated under new keys."""
+    sources = make_images(work / "large", 100, (1600, 1200))
+    per_sample = np.mean([len(encode_row(r, f, TASK_CFG)[0]["jpg"]) for r, f in read_ahead(
+        listing_rows(sources[:8], [f"c{i}" for i in range(10)]), 4)])
+    n = int(mib * 2**20 / per_sample)
+    samples = [Sample(f"bench/{i:07d}.JPEG", sources[i % 100].path, i % 10, sources[i % 100].boxes, size=(1600, 1200))
+               for i in range(n)]
+    return listing_rows(samples, [f"c{i}" for i in range(10)])
+
+
+def task_child(work: Path, mib: int, mode: str) -> None:
+    rows = task_rows(work, mib)
+    out = work / "task"
+    out.mkdir(parents=True, exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if mode == "streamed":
+        entry = write_shard(rows, 0, TASK_CFG, ShardTarget.of(Location.parse(str(out)), mode))
+        size = entry["bytes"]
+    else:
+        held_shard(rows, TASK_CFG, out / "held.tar")
+        size = (out / "held.tar").stat().st_size
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"mode": mode, "mib": mib, "samples": len(rows), "shard_mib": size / 2**20,
+                      "rss_before_mib": before / 1024, "peak_rss_mib": peak / 1024,
+                      "seconds": time.perf_counter() - t0}))
+
+
+def task_memory_table(work: Path, sizes: list[int]) -> None:
+    print("| shard | samples | task as it ships (streamed): peak RSS | reference (holds the shard): peak RSS |")
+    print("|---|---|---|---|")
+    for mib in sizes:
+        got = {}
+        for mode in ("streamed", "held"):
+            done = subprocess.run([sys.executable, __file__, "--task-child", mode, "--shard-mib", str(mib),
+                                   "--work", str(work)], capture_output=True, text=True, check=True)
+            got[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        s, h = got["streamed"], got["held"]
+        print(f"| {s['shard_mib']:.0f} MiB | {s['samples']:,} | {s['peak_rss_mib']:,.0f} MiB ({s['seconds']:.0f} s) "
+              f"| {h['peak_rss_mib']:,.0f} MiB ({h['seconds']:.0f} s) |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-images", type=int, default=600)
@@ -142,8 +216,19 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/bgwsol_bench_etl"))
     p.add_argument("--memory", action="store_true", help="measure peak memory at 1x and --scale x")
     p.add_argument("--scale", type=int, default=10)
+    p.add_argument("--task-memory", action="store_true", help="one task's peak RSS, streamed vs held, per shard size")
+    p.add_argument("--shard-mib", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--task-child", choices=["streamed", "held"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.task_child:
+        task_child(args.work, args.shard_mib[0], args.task_child)
+        return
+    if args.task_memory:
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+              f"1600x1200 source photos, shorter side <= {TASK_CFG.max_short_side}, read_ahead {TASK_CFG.read_ahead}")
+        task_memory_table(args.work, args.shard_mib)
+        return
     size = tuple(args.size)
     cfg = ShardConfig(max_short_side=256, samples_per_shard=args.per_shard)
 

@@ -171,10 +171,10 @@ def test_verify_detects_a_damaged_shard(tiny_synthetic, ray_local, tmp_path):
     cut.write_bytes(cut.read_bytes()[:1000])
     with pytest.raises(ShardSetError, match="truncated or replaced"):
         shards.verify()
-    urls, count, bad = shards.usable("test")
-    assert list(bad) == [cut.url] and cut.url not in urls
-    assert count == shards.count("test") - shards.shards("test")[-1]["count"]
-    assert shards.usable("train")[2] == {}  # a split's damage is its own
+    sizes, bad = shards.usable("test")
+    assert list(bad) == [cut.url] and cut.url not in sizes
+    assert sum(sizes.values()) == shards.count("test") - shards.shards("test")[-1]["count"]
+    assert shards.usable("train")[1] == {}  # a split's damage is its own
 
 
 def _without_paths(rows: list[dict]) -> list[dict]:
@@ -292,3 +292,43 @@ def test_the_main_job_reuses_committed_shards_without_listing_the_source(tiny_sy
     assert again.digest == first.digest and len(calls) == 1
     redone = shard_or_reuse(listings, url, "cub", replace(CFG, max_short_side=40), source)
     assert len(calls) == 2 and redone.manifest["etl"]["max_short_side"] == 40
+
+
+def _class_folders(root, classes: int, per_class: int) -> list:
+    """``classes`` x ``per_class`` small JPEGs, listed in class order (as the readers list them)."""
+    from bgwsol.data.sources.records import Sample
+
+    samples = []
+    for c in range(classes):
+        for i in range(per_class):
+            path = root / f"n{c:04d}" / f"n{c:04d}_{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (24, 20), ((c * 37) % 256, (i * 53) % 256, 90)).save(path, quality=80)
+            samples.append(Sample(f"train/n{c:04d}/{path.name}", path, c, size=(24, 20)))
+    return samples
+
+
+def test_every_shard_is_mixed_from_its_first_sample(ray_local, tmp_path):
+    """Members were stored in key order (class order for ILSVRC and CUB): a reader's buffer spanned
+    a run of consecutive classes. Now consecutive members change class about as often as a random
+    order does, and each shard holds nearly every class its size allows; reruns stay identical."""
+    classes, per_class, per_shard = 40, 15, 90
+    names = [f"n{c:04d}" for c in range(classes)]
+    rows = listing_rows(_class_folders(tmp_path / "src", classes, per_class), names)
+    cfg = dataclasses.replace(CFG, samples_per_shard=per_shard)
+    shards = write_shard_set([SplitListing("train", rows)], tmp_path / "out", dataset="ilsvrc", classes=names, cfg=cfg)
+    changes = pairs = 0
+    for entry in shards.shards("train"):
+        data = shards.location.join(entry["name"]).read_bytes()
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            labels = [json.loads(tar.extractfile(m).read())["label"] for m in tar.getmembers()
+                      if m.name.endswith(".json")]
+        assert len(labels) == entry["count"] and len(set(labels)) == entry["classes"]
+        assert entry["classes"] >= 0.9 * min(classes, entry["count"]), (entry, labels)
+        changes += sum(a != b for a, b in zip(labels, labels[1:]))
+        pairs += len(labels) - 1
+    assert changes / pairs >= 0.8 * (1 - 1 / classes)
+    assert shards.manifest["member_order"]
+    manifest = (tmp_path / "out" / "manifest.json").read_bytes()
+    write_shard_set([SplitListing("train", rows)], tmp_path / "out", dataset="ilsvrc", classes=names, cfg=cfg)
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == manifest  # the same order every run

@@ -90,6 +90,35 @@ def test_evaluation_visits_every_sample_exactly_once_across_ranks(tmp_path, work
     assert sorted(seen) == [f"val{k:05d}" for k in range(33)]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_cut_by_sample_keeps_four_ranks_busy_on_three_shards(tmp_path, workers):
+    """Cut by shard, a 4th rank would get nothing from 3 shards; cut by sample (the manifest's
+    counts), each image is scored once and the ranks' shares differ by at most one sample per
+    reader (one DataLoader worker)."""
+    sizes = [13, 2, 18]
+    urls = write_shards(tmp_path, "val", sizes)
+    seen, per_rank = [], []
+    for rank in range(4):
+        loader = DataLoader(EvalStream(urls, input_size=16, rank=rank, world_size=4, counts=sizes), batch_size=4,
+                            collate_fn=collate_eval, num_workers=workers)
+        keys = [k for b in loader for k in b["key"]]
+        seen += keys
+        per_rank.append(len(keys))
+    assert sorted(seen) == [f"val{k:05d}" for k in range(sum(sizes))]
+    assert min(per_rank) > 0 and max(per_rank) - min(per_rank) <= max(1, workers), per_rank
+
+
+def test_evaluation_cut_by_sample_reads_a_corrupt_sample_nowhere_twice(tmp_path):
+    """(Scoring counts what it could not score as the manifest's count minus what it scored.)"""
+    urls = write_shards(tmp_path, "val", [6, 6], corrupt={2, 7, 8})
+    seen = []
+    for rank in range(3):
+        for b in DataLoader(EvalStream(urls, input_size=16, rank=rank, world_size=3, counts=[6, 6]), batch_size=2,
+                            collate_fn=collate_eval):
+            seen += b["key"]
+    assert sorted(seen) == [f"val{k:05d}" for k in range(12) if k not in (2, 7, 8)]
+
+
 def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     urls = write_shards(tmp_path, "val", [6, 6], corrupt={2, 7, 8})
     seen, skipped = [], 0

@@ -5,8 +5,12 @@
   boxes with the pixels, and background samples mixed into each batch at a fixed count.
   Every rank yields exactly ``steps_per_epoch`` batches, whatever the shard sizes, so DDP
   never waits at the end of an epoch for a rank that ran out.
-- :class:`EvalStream`: no resampling; shards split across ranks (``split_by_node``) and
-  DataLoader workers (``split_by_worker``): every sample is visited exactly once overall.
+- :class:`EvalStream`: no resampling; every sample is visited exactly once overall. Given the
+  shards' sample counts (from the manifest), the split is cut by sample: each of the
+  ``ranks x DataLoader workers`` readers takes one contiguous slice of the split, and slices
+  differ by at most one sample, however few shards there are (ILSVRC's validation is ~8
+  shards; cut by shard, 24 of 32 GPUs would wait). A reader reads its slice's shards and skips,
+  undecoded, the members before its slice in the first one.
 
 Corrupt samples (a member that does not decode, a broken tar) are skipped and counted: each
 batch carries ``"skipped"``, the number its worker dropped since its previous batch.
@@ -96,10 +100,11 @@ def _raw_samples(urls: list[str], *, resampled: bool, seed: int, shuffle_buffer:
         shards = [{"url": u} for u in mine]
     stream = wds.tarfile_to_samples(handler=handler)(shards)
     if shuffle_buffer > 1:
-        # the buffer is filled before the first sample leaves it: a shard's members are stored in
-        # key order, which is class order for ILSVRC and CUB, so a partly filled buffer (webdataset's
-        # default starts at 100) gives batches of one or two classes until it fills; on a small
-        # dataset in one shard that is most of every epoch, and the classifier does not learn
+        # the ETL stores each shard's members in a random order with every class spread over the
+        # split (bgwsol.data.shards.etl.shard_order), so a shard read front to back is already
+        # mixed, and the buffer only shuffles further (WebDataset's advice: shuffle at write and at
+        # read). It is filled before the first sample leaves it; shard sets made before that
+        # stored members in class order, and a partly filled buffer then gave one-class batches
         stream = wds.shuffle(bufsize=shuffle_buffer, initial=shuffle_buffer,
                              rng=random.Random(seed * 7919 + epoch * 31 + rank * 1000 + worker))(stream)
     return stream
@@ -178,6 +183,13 @@ class TrainStream(IterableDataset):
     bg_ratio)`` background samples (0 without a background set). Use it with
     ``DataLoader(stream, batch_size=None, num_workers=k)``; call :meth:`set_epoch` before
     each epoch (with workers, the DataLoader must be re-iterated, which it is per epoch).
+
+    ``shuffle_buffer`` (1,000 samples): the shards are mixed when written (every class spread
+    over the split, members in random order), so any run of a shard holds the classes in their
+    proportions and the buffer need not span many classes by itself; it decorrelates the
+    samples of one shard further and mixes consecutive shards. (For scale: 256 independent draws
+    from ILSVRC's 1,000 balanced classes hit about 226 distinct classes; a 1,000-deep buffer over
+    class-ordered members, ~10 per class, could hold only ~100.)
     """
 
     def __init__(self, object_urls: list[str], background_urls: list[str] | None, *, batch_size: int,
@@ -258,8 +270,40 @@ def collate_eval(samples: list[dict]) -> dict:
             "skipped": sum(s["skipped"] for s in samples)}
 
 
+def slice_of(counts: list[int], reader: int, readers: int) -> tuple[int, int]:
+    """``[start, stop)``: the samples reader ``reader`` of ``readers`` takes from a split whose
+    shards hold ``counts`` samples, numbered across the shards in order. Slices differ by at most
+    one sample and together cover the split once."""
+    total = sum(counts)
+    return reader * total // readers, (reader + 1) * total // readers
+
+
+def _sliced_samples(urls: list[str], counts: list[int], reader: int, readers: int,
+                    handler: "_SkipLog") -> Iterator[dict]:
+    """The raw samples of this reader's :func:`slice_of` the split; a sample's number is the
+    samples of the shards before its own plus its position in its shard (a member that does not
+    parse shifts the positions alike for every reader, so no sample is read twice)."""
+    import webdataset as wds
+
+    register_webdataset_opener()
+    start, stop = slice_of(counts, reader, readers)
+    first = 0  # number of the current shard's first sample
+    for url, count in zip(urls, counts):
+        if first >= stop:
+            break
+        if first + count > start:
+            for position, raw in enumerate(wds.tarfile_to_samples(handler=handler)([{"url": url}])):
+                if position >= count or first + position >= stop:
+                    break
+                if first + position >= start:
+                    yield raw
+        first += count
+
+
 class EvalStream(IterableDataset):
-    """Every sample of ``urls`` exactly once across ``world_size`` ranks and their DataLoader workers.
+    """Every sample of ``urls`` exactly once across ``world_size`` ranks and their DataLoader
+    workers: cut by sample when ``counts`` (samples per shard, as the manifest records) is given,
+    else by shard.
 
     Yields ``{"key", "image": uint8 (3,S,S), "label", "boxes": inclusive (M,4) int64 in the
     stored image's pixels, "size": stored (w, h), "mask": uint8 (S,S) or None, "skipped"}``
@@ -268,15 +312,22 @@ class EvalStream(IterableDataset):
     corrupt samples dropped just before this one.
     """
 
-    def __init__(self, urls: list[str], *, input_size: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, urls: list[str], *, input_size: int, rank: int = 0, world_size: int = 1,
+                 counts: list[int] | None = None):
         super().__init__()
+        if counts is not None and len(counts) != len(urls):
+            raise ValueError(f"{len(counts)} shard counts for {len(urls)} shards")
         self.urls, self.input_size, self.rank, self.world_size = list(urls), input_size, rank, world_size
+        self.counts = None if counts is None else [int(n) for n in counts]
 
     def __iter__(self) -> Iterator[dict]:
         rank, world, worker, nworkers = _rank_worker(self.rank, self.world_size)
         handler = _SkipLog()
-        stream = _raw_samples(self.urls, resampled=False, seed=0, shuffle_buffer=0, handler=handler, rank=rank,
-                              world_size=world, worker=worker, num_workers=nworkers, epoch=0)
+        if self.counts is not None:
+            stream = _sliced_samples(self.urls, self.counts, rank * nworkers + worker, world * nworkers, handler)
+        else:
+            stream = _raw_samples(self.urls, resampled=False, seed=0, shuffle_buffer=0, handler=handler, rank=rank,
+                                  world_size=world, worker=worker, num_workers=nworkers, epoch=0)
         pending = 0
         for raw in stream:
             try:

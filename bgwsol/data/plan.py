@@ -37,6 +37,7 @@ class DataPlan:
     test: list[str]
     background: list[str] | None
     counts: dict[str, int]          # intact samples per split ("train", "val", "test")
+    shard_counts: dict[str, int]    # samples per intact dataset shard, by URL (as the manifest records)
     expected: dict[str, int]        # samples per split in the manifest
     classes: list[str]
     class_names: list[str] | None
@@ -55,6 +56,11 @@ class DataPlan:
                         "context": "background"})
         return out
 
+    def sizes(self, urls: list[str]) -> list[int] | None:
+        """Samples in each of ``urls`` (dataset shards of this plan), None if one is not known."""
+        found = [self.shard_counts.get(u) for u in urls]
+        return None if None in found else found
+
     @property
     def lost(self) -> int:
         """Samples of the dataset in damaged shards."""
@@ -67,18 +73,22 @@ def plan_data(data: RunData, uses_background: bool) -> DataPlan:
     from bgwsol.data.shards.shardset import ShardSet, ShardSetError
 
     shards = ShardSet.open(data.shards)
-    urls, counts, damaged = {}, {}, {}
+    sizes: dict[str, dict[str, int]] = {}
+    damaged: dict[str, str] = {}
     for split in ("train", "val", "test"):
-        urls[split], counts[split], bad = shards.usable(split) if split in shards.splits else ([], 0, {})
+        sizes[split], bad = shards.usable(split) if split in shards.splits else ({}, {})
         damaged.update(bad)
     background, bg_set = None, None
     if uses_background:
         if not data.background_shards:
             raise ValueError("this method needs background images: give a background shard set")
         bg_set = ShardSet.open(data.background_shards)
-        background, _, bad = bg_set.usable("background")
+        bg_sizes, bad = bg_set.usable("background")
+        background = list(bg_sizes)
         damaged.update(bad)
-    plan = DataPlan(urls["train"], urls["val"], urls["test"], background, counts,
+    counts = {split: sum(found.values()) for split, found in sizes.items()}
+    plan = DataPlan(list(sizes["train"]), list(sizes["val"]), list(sizes["test"]), background, counts,
+                    {url: n for found in sizes.values() for url, n in found.items()},
                     {s: shards.count(s) if s in shards.splits else 0 for s in counts}, shards.classes,
                     shards.manifest.get("class_names"), shards.digest, shards.manifest["dataset"], damaged,
                     shards.location.url, bg_set.location.url if bg_set else "", bg_set.digest if bg_set else "")

@@ -66,23 +66,25 @@ def gather_evaluations(local: dict[str, SplitEvaluation]) -> dict[str, SplitEval
     return merge_evaluations(parts)
 
 
-def eval_loader(urls: list[str], input_size: int, worker: Worker):
-    """This rank's part of a split: every sample of ``urls`` exactly once across the ranks."""
+def eval_loader(urls: list[str], input_size: int, worker: Worker, counts: list[int] | None = None):
+    """This rank's part of a split: every sample of ``urls`` exactly once across the ranks (cut by
+    sample with ``counts``, the samples of each shard; else by shard)."""
     from torch.utils.data import DataLoader
 
     from bgwsol.data.loader import EvalStream, collate_eval
 
-    stream = EvalStream(urls, input_size=input_size, rank=worker.rank, world_size=worker.world)
+    stream = EvalStream(urls, input_size=input_size, rank=worker.rank, world_size=worker.world, counts=counts)
     return DataLoader(stream, batch_size=EVAL_BATCH, collate_fn=collate_eval, num_workers=worker.loader_workers)
 
 
 def evaluate_part(model: torch.nn.Module, variants: dict[str, Method], urls: list[str], input_size: int,
-                  eval_cfg: EvalConfig, worker: Worker) -> dict[str, SplitEvaluation]:
+                  eval_cfg: EvalConfig, worker: Worker, counts: list[int] | None = None
+                  ) -> dict[str, SplitEvaluation]:
     """This rank's accumulators for each map variant over its part of ``urls`` (merge them with
     :func:`gather_evaluations` or ``SplitEvaluation.merge``)."""
     from bgwsol.data.loader import normalize
 
-    return evaluate(model, variants, eval_loader(urls, input_size, worker), eval_cfg, worker.device,
+    return evaluate(model, variants, eval_loader(urls, input_size, worker, counts), eval_cfg, worker.device,
                     preprocess=normalize)
 
 
@@ -140,8 +142,8 @@ def evaluate_checkpoint(state: dict, plan: DataPlan, worker: Worker, post_hoc: I
     model = model.to(worker.device)
     variants = map_variants(method, post_hoc)
     with torch.no_grad():
-        val = evaluate_part(model, variants, plan.val, cfg.data.input_size, cfg.eval, worker)
-        test = evaluate_part(model, variants, plan.test, cfg.data.input_size, cfg.eval, worker)
+        val = evaluate_part(model, variants, plan.val, cfg.data.input_size, cfg.eval, worker, plan.sizes(plan.val))
+        test = evaluate_part(model, variants, plan.test, cfg.data.input_size, cfg.eval, worker, plan.sizes(plan.test))
     return val, test
 
 

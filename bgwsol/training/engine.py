@@ -235,7 +235,7 @@ def validate(training: Training) -> dict[str, float]:
     that could not be scored (in damaged shards or corrupt)."""
     cfg, plan = training.cfg, training.plan
     local = evaluate_part(training.core, {"main": training.method}, plan.val, cfg.data.input_size, cfg.eval,
-                          training.worker)
+                          training.worker, plan.sizes(plan.val))
     merged = gather_evaluations(local)["main"]
     val = merged.summary()
     record = {f"val_{k}": v for k, v in val.items()}

@@ -1,12 +1,12 @@
 """Ray Data ETL: reader samples -> decoded, validated, shrunk JPEGs -> WebDataset shards + manifest.
 
-Pipeline per split (streaming; one Ray task per shard, so memory is bounded by
-``shard size x concurrent tasks`` whatever the input size)::
+Pipeline per split (one Ray task per shard)::
 
     listing (from the dataset's own index files, on the driver)
       -> ray.data.from_arrow(one table per shard)     # the sample-to-shard assignment is fixed here
-      -> map_batches(process_rows)                    # read bytes, decode, validate, resize, encode
-      -> write_datasink(ShardDatasink)                # write_webdataset's datasink: <split>-%06d.tar
+      -> map_batches(write_shards)                    # read, decode, validate, resize, encode, and
+                                                      # stream each sample into <split>-%06d.tar
+      -> take_all()                                   # per-shard stats for the manifest
 
 Commit protocol: the job takes the prefix's write lock (``_writing.json``,
 :mod:`~bgwsol.data.shards.writelock`; a second job on the same prefix stops with
@@ -16,13 +16,22 @@ Commit protocol: the job takes the prefix's write lock (``_writing.json``,
 midway leaves no manifest, and readers refuse the prefix. A store that fails midway stops the
 job with one :class:`~bgwsol.data.storage.StorageError` naming the object's URL.
 
-Samples go to shards by the SHA-1 of their key (so shards mix classes and a rerun gives the
-same assignment), rows inside a shard are sorted by key, and tar headers carry fixed
-mtimes/owners: the same input gives byte-identical shards and the same manifest.
+Every shard is mixed from its first member (:func:`shard_order`): each class is spread evenly
+over the whole split, so a shard of ``n`` samples holds about ``min(n, classes)`` classes in
+proportion to their sizes, and its members are stored in the order of the SHA-1 of their key,
+a random order that does not follow the class. (Stored in key order, which begins with the
+class for ILSVRC and CUB, a reader's shuffle buffer would span ~100 consecutive ILSVRC classes
+at a time.) The order depends only on the keys, and tar headers carry fixed mtimes/owners: the
+same input gives byte-identical shards and the same manifest.
+
+Memory: a task streams each sample into its tar as soon as it is encoded, so it holds the
+``read_ahead`` source files in flight and one sample, whatever the shard size, and asks Ray for
+:func:`task_memory` bytes (``benchmarks/bench_etl.py`` measures its peak).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import itertools
@@ -116,14 +125,38 @@ def listing_rows(samples: Iterable[Sample], classes: list[str]) -> list[dict]:
     return rows
 
 
+MEMBER_ORDER = "class-spread/sha1"  # recorded in the manifest; older sets stored members in key order
+
+
+def _key_hash(row: dict) -> int:
+    return int.from_bytes(hashlib.sha1(row["__key__"].encode()).digest(), "big")
+
+
 def shard_order(rows: list[dict]) -> list[dict]:
-    """Rows ordered by the SHA-1 of their key: shards mix classes, and reruns give the same order."""
-    return sorted(rows, key=lambda r: hashlib.sha1(r["__key__"].encode()).hexdigest())
+    """Rows in the order they are cut into shards: every class spread evenly over the split.
+
+    A class's ``n`` rows, in the order of the SHA-1 of their key, sit at positions
+    ``(i + u) / n`` of the split (``u`` in [0, 1) from the same hash), and all rows are sorted by
+    position. Any contiguous run of ``m`` rows then holds each class in proportion to its size,
+    about ``min(m, classes)`` of them for balanced classes, where a plain hash order would hold
+    about 63 % of the classes when ``m`` equals their number. Reruns give the same order.
+    """
+    by_class: dict[int, list[dict]] = {}
+    for row in rows:
+        by_class.setdefault(int(row["label"]), []).append(row)
+    placed = []
+    for members in by_class.values():
+        members.sort(key=_key_hash)
+        n = len(members)
+        placed += [((i + _key_hash(r) / 2**160) / n, _key_hash(r), r) for i, r in enumerate(members)]
+    placed.sort(key=lambda t: t[:2])
+    return [r for _, _, r in placed]
 
 
 def assign_shards(ordered: list[dict], per_shard: int) -> list[list[dict]]:
-    """Cut rows already in :func:`shard_order` into shards of ``per_shard`` (the last one shorter)."""
-    return [ordered[i:i + per_shard] for i in range(0, len(ordered), per_shard)]
+    """Cut rows already in :func:`shard_order` into shards of ``per_shard`` (the last one shorter),
+    each in its storage order: the SHA-1 of the key, random with respect to the class."""
+    return [sorted(ordered[i:i + per_shard], key=_key_hash) for i in range(0, len(ordered), per_shard)]
 
 
 def per_shard_count(ordered: list[dict], cfg: ShardConfig, probe: int = 16) -> int:
@@ -183,44 +216,28 @@ def read_ahead(rows: list[dict], depth: int) -> Iterator[tuple[dict, Future]]:
             yield row, fut
 
 
-def process_rows(batch: pa.Table, cfg: ShardConfig) -> pa.Table:
-    """Ray Data ``map_batches`` function: listing rows -> sample members, rejects marked.
+def encode_row(row: dict, fetch: Future, cfg: ShardConfig) -> tuple[dict | None, str, int]:
+    """One listing row -> ``(members, reject reason, clipped boxes)``.
 
-    Output columns: ``__key__``, ``__shard__``, ``__reject__`` (empty when fine, else the
-    reason), ``__path__``, ``__clipped__`` (boxes clipped to the image edge), ``jpg`` (bytes),
-    ``json`` (str), ``mask.png`` (bytes or null).
+    ``members`` maps a tar extension (``jpg``, ``json``, ``mask.png``) to its bytes, None for a
+    rejected sample, whose reason is then non-empty (the image did not decode or validate, or
+    the file could not be read).
     """
-    out: dict[str, list] = {k: [] for k in ("__key__", "__shard__", "__reject__", "__path__", "__clipped__", "jpg",
-                                            "json", "mask.png")}
-    for row, fetch in read_ahead(batch.to_pylist(), cfg.read_ahead):
-        jpg = meta = mask = None
-        reason, clipped = "", 0
-        try:
-            data, mask_bytes = fetch.result()
-            res = process_image(data, np.asarray(json.loads(row["boxes"]), np.int64).reshape(-1, 4),
-                                max_short_side=cfg.max_short_side, jpeg_quality=cfg.jpeg_quality, mask=mask_bytes)
-            jpg, mask, clipped = res.jpeg, res.mask_png, res.clipped_boxes
-            meta = json.dumps({"label": row["label"], "wnid": row["wnid"], "boxes": res.boxes.tolist(),
-                               "size": list(res.size), "orig_size": list(res.orig_size), "image_id": row["image_id"],
-                               "source": row["source"], "license": row["license"]}, sort_keys=True)
-        except RejectedImage as exc:
-            reason = str(exc)
-        except OSError as exc:
-            reason = f"cannot read: {exc}"
-        out["__key__"].append(row["__key__"])
-        out["__shard__"].append(row["__shard__"])
-        out["__reject__"].append(reason)
-        out["__path__"].append(row["path"])
-        out["__clipped__"].append(clipped)
-        out["jpg"].append(jpg)
-        out["json"].append(meta)
-        out["mask.png"].append(mask)
-    return pa.table({
-        "__key__": pa.array(out["__key__"], pa.string()), "__shard__": pa.array(out["__shard__"], pa.int64()),
-        "__reject__": pa.array(out["__reject__"], pa.string()), "__path__": pa.array(out["__path__"], pa.string()),
-        "__clipped__": pa.array(out["__clipped__"], pa.int64()), "jpg": pa.array(out["jpg"], pa.binary()),
-        "json": pa.array(out["json"], pa.string()), "mask.png": pa.array(out["mask.png"], pa.binary()),
-    })
+    try:
+        data, mask_bytes = fetch.result()
+        res = process_image(data, np.asarray(json.loads(row["boxes"]), np.int64).reshape(-1, 4),
+                            max_short_side=cfg.max_short_side, jpeg_quality=cfg.jpeg_quality, mask=mask_bytes)
+    except RejectedImage as exc:
+        return None, str(exc), 0
+    except OSError as exc:
+        return None, f"cannot read: {exc}", 0
+    meta = json.dumps({"label": row["label"], "wnid": row["wnid"], "boxes": res.boxes.tolist(),
+                       "size": list(res.size), "orig_size": list(res.orig_size), "image_id": row["image_id"],
+                       "source": row["source"], "license": row["license"]}, sort_keys=True).encode()
+    members = {"jpg": res.jpeg, "json": meta}
+    if res.mask_png is not None:
+        members["mask.png"] = res.mask_png
+    return members, "", res.clipped_boxes
 
 
 class _HashingWriter:
@@ -236,76 +253,119 @@ class _HashingWriter:
         return len(data)
 
 
-def write_tar(rows: list[dict], fileobj) -> tuple[int, str]:
-    """Write ``rows`` (sorted by key) as one WebDataset tar; returns ``(bytes, sha256)``.
+class TarStream:
+    """One WebDataset tar written sample by sample (a stream: nothing is held after it is written).
 
-    Headers carry mtime 0 and fixed owner names, so equal rows give identical bytes.
+    Headers carry mtime 0 and fixed owner names, so equal samples in equal order give identical
+    bytes. ``nbytes`` and ``sha256`` are final after :meth:`close`.
     """
-    hw = _HashingWriter(fileobj)
-    with tarfile.open(fileobj=hw, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-        for row in sorted(rows, key=lambda r: r["__key__"]):
-            for ext in ("jpg", "json", "mask.png"):
-                value = row.get(ext)
-                if value is None:
-                    continue
-                data = value.encode() if isinstance(value, str) else value
-                info = tarfile.TarInfo(f"{row['__key__']}.{ext}")
-                info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "bgwsol", "bgwsol"
-                tar.addfile(info, io.BytesIO(data))
-    return hw.nbytes, hw.sha.hexdigest()
+
+    def __init__(self, fileobj):
+        self._out = _HashingWriter(fileobj)
+        self._tar = tarfile.open(fileobj=self._out, mode="w|", format=tarfile.USTAR_FORMAT)
+
+    def add(self, key: str, members: dict[str, bytes | str]) -> None:
+        for ext in ("jpg", "json", "mask.png"):
+            value = members.get(ext)
+            if value is None:
+                continue
+            data = value.encode() if isinstance(value, str) else value
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "bgwsol", "bgwsol"
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
+
+    @property
+    def nbytes(self) -> int:
+        return self._out.nbytes
+
+    @property
+    def sha256(self) -> str:
+        return self._out.sha.hexdigest()
 
 
-def _shard_datasink_class():
-    # built lazily: importing ray.data at module import would be an import-time side effect
-    import pyarrow as pa
-    from ray.data import Datasink
-    from ray.data.block import BlockAccessor
+def write_tar(rows: list[dict], fileobj) -> tuple[int, str]:
+    """Write ``rows`` (``{"__key__", "jpg", "json", "mask.png"?}``, in the given order) as one
+    WebDataset tar; returns ``(bytes, sha256)``."""
+    tar = TarStream(fileobj)
+    for row in rows:
+        tar.add(row["__key__"], row)
+    tar.close()
+    return tar.nbytes, tar.sha256
 
-    class ShardDatasink(Datasink):
-        """A Ray Data datasink writing ``<split>-%06d.tar`` per listing shard into ``location``.
 
-        Each write task returns, per shard it holds, ``{"name", "count", "bytes", "sha256",
-        "clipped", "rejects": [{"key", "path", "reason"}]}``; :attr:`results` collects them on the driver.
-        """
+@dataclass
+class ShardTarget:
+    """Where one split's shards go, as the Ray tasks receive it: ``<split>-%06d.tar`` under ``url``."""
 
-        def __init__(self, location: Location, split: str):
-            self.path, self.filesystem = location.fs_path, location.filesystem()
-            # the filesystem travels to the tasks with the driver's endpoint: name that one in errors
-            self.url, self.endpoint = location.url, endpoint_url() if location.is_s3 else None
-            self.split = split
-            self.results: list[dict] = []
+    url: str
+    path: str                 # the filesystem's path of the prefix
+    filesystem: object        # a pyarrow filesystem (travels to the tasks with the driver's endpoint)
+    endpoint: str | None      # the S3 endpoint that filesystem talks to, named in errors
+    split: str
 
-        def on_write_start(self, schema=None) -> None:
-            with storage_errors(self.url, "create", self.endpoint):
-                self.filesystem.create_dir(self.path, recursive=True)
+    @classmethod
+    def of(cls, location: Location, split: str) -> "ShardTarget":
+        return cls(location.url, location.fs_path, location.filesystem(),
+                   endpoint_url() if location.is_s3 else None, split)
 
-        def open_output_stream(self, path: str):
-            return self.filesystem.open_output_stream(path)
 
-        def write(self, blocks, ctx) -> list[dict]:
-            tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
-            rows = pa.concat_tables(tables, promote_options="default").to_pylist() if tables else []
-            by_shard: dict[int, list[dict]] = {}
-            for row in rows:
-                by_shard.setdefault(row["__shard__"], []).append(row)
-            results = []
-            for shard, shard_rows in sorted(by_shard.items()):
-                good = [r for r in shard_rows if not r["__reject__"]]
-                rejects = [reject(r["__key__"], r["__path__"], r["__reject__"]) for r in shard_rows if r["__reject__"]]
-                name = f"{self.split}-{shard:06d}.tar"
-                entry = {"name": name, "count": len(good), "rejects": rejects, "bytes": 0, "sha256": "",
-                         "clipped": sum(r["__clipped__"] for r in good)}
-                if good:
-                    with storage_errors(f"{self.url}/{name}", "write", self.endpoint):
-                        with self.open_output_stream(f"{self.path}/{name}") as f:
-                            entry["bytes"], entry["sha256"] = write_tar(good, f)
-                results.append(entry)
-            return results
+def write_shard(rows: list[dict], shard: int, cfg: ShardConfig, target: ShardTarget) -> dict:
+    """Read, encode and stream the listing ``rows`` of one shard into ``<split>-<shard>.tar``.
 
-        def on_write_complete(self, write_result) -> None:
-            self.results = [r for ret in write_result.write_returns if ret for r in ret]
+    Returns ``{"name", "count", "classes", "bytes", "sha256", "clipped", "rejects": [{"key", "path",
+    "reason"}]}``. A shard whose every sample is rejected writes no file (``count`` 0).
+    """
+    name = f"{target.split}-{shard:06d}.tar"
+    url = f"{target.url}/{name}"
+    entry = {"name": name, "count": 0, "classes": 0, "bytes": 0, "sha256": "", "clipped": 0, "rejects": []}
+    labels: set[int] = set()
+    with contextlib.ExitStack() as opened:
+        tar = None
+        for row, fetch in read_ahead(rows, cfg.read_ahead):
+            members, reason, clipped = encode_row(row, fetch, cfg)
+            if members is None:
+                entry["rejects"].append(reject(row["__key__"], row["path"], reason))
+                continue
+            with storage_errors(url, "write", target.endpoint):
+                if tar is None:
+                    stream = opened.enter_context(target.filesystem.open_output_stream(f"{target.path}/{name}"))
+                    tar = TarStream(stream)
+                tar.add(row["__key__"], members)
+            entry["count"] += 1
+            entry["clipped"] += clipped
+            labels.add(int(row["label"]))
+        if tar is not None:
+            with storage_errors(url, "write", target.endpoint):
+                tar.close()
+                opened.close()  # the object is complete once its stream is closed
+            entry["bytes"], entry["sha256"] = tar.nbytes, tar.sha256
+    entry["classes"] = len(labels - {-1})
+    return entry
 
-    return ShardDatasink
+
+def write_shards(batch: pa.Table, cfg: ShardConfig, target: ShardTarget) -> pa.Table:
+    """Ray Data ``map_batches`` function: listing rows of whole shards (``__shard__`` column, one
+    shard's rows together) -> one ``result`` row (JSON of :func:`write_shard`'s entry) per shard."""
+    results = [write_shard(list(rows), shard, cfg, target)
+               for shard, rows in itertools.groupby(batch.to_pylist(), key=lambda r: r["__shard__"])]
+    return pa.table({"result": pa.array([json.dumps(r) for r in results], pa.string())})
+
+
+# a Ray worker's own footprint (~250 MiB with pyarrow, PIL and numpy loaded) plus a task's peak,
+# 115-156 MiB with read_ahead 16 whatever the shard size (benchmarks/bench_etl.py --task-memory:
+# 64 MiB to 1 GiB shards; holding the shard as before took 444 MiB to 4 GiB), rounded up
+TASK_MEMORY_BASE = 512 * 2**20
+
+
+def task_memory(cfg: ShardConfig) -> int:
+    """Bytes an ETL task asks Ray for (``memory=``): flat in ``shard_size_mb``, since samples stream
+    into the tar, plus 4 MiB per source file read ahead beyond the measured 16. (A task that held
+    its shard needed 2-3 times the shard size; one image of ``MAX_PIXELS`` alone decodes to 600 MB,
+    so such a photo still needs headroom the request does not reserve.)"""
+    return TASK_MEMORY_BASE + max(0, cfg.read_ahead - 16) * 4 * 2**20
 
 
 def write_split(shards: list[list[dict]], location: Location, split: str, cfg: ShardConfig) -> list[dict]:
@@ -313,27 +373,32 @@ def write_split(shards: list[list[dict]], location: Location, split: str, cfg: S
     import ray.data
 
     tables = [pa.Table.from_pylist([{**r, "__shard__": i} for r in rows]) for i, rows in enumerate(shards)]
+    target = ShardTarget.of(location, split)
+    with storage_errors(location.url, "create", target.endpoint):
+        target.filesystem.create_dir(target.path, recursive=True)
     ds = ray.data.from_arrow(tables)
-    ds = ds.map_batches(process_rows, fn_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
-                        num_cpus=cfg.cpus_per_task)
-    # One fused operator (map -> write) whose tasks return only small stats: Ray Data's default
-    # reservation of half the CPUs for operator outputs would run these tasks one at a time.
+    ds = ds.map_batches(write_shards, fn_kwargs={"cfg": cfg, "target": target}, batch_size=None,
+                        batch_format="pyarrow", num_cpus=cfg.cpus_per_task, memory=task_memory(cfg))
+    # tasks return only small stats: Ray Data's default reservation of half the CPUs for operator
+    # outputs would run them one at a time
     ds.context.op_resource_reservation_enabled = False
-    sink = _shard_datasink_class()(location, split)
+    # a task's StorageError (the store went away) reaches the driver as itself, not as Ray
+    # Data's UserCodeException around a formatted traceback
+    ds.context.raise_original_map_exception = True
     with _ray_data_errors_held() as held:
         try:
-            ds.write_datasink(sink)
+            results = [json.loads(row["result"]) for row in ds.take_all()]
         except Exception as exc:
             cause = storage_cause(exc)
             if cause is None:
                 raise
             held.clear()  # the StorageError says it all; Ray Data's log file keeps the task's traceback
             raise StorageError(str(cause)) from exc
-    names = [r["name"] for r in sink.results]
+    names = [r["name"] for r in results]
     if len(names) != len(set(names)) or len(names) != len(shards):
         raise RuntimeError(f"{location.url}: split {split!r} expected {len(shards)} shards, tasks returned "
                            f"{sorted(Counter(names).items())}: a shard was split across tasks")
-    return sorted(sink.results, key=lambda r: r["name"])
+    return sorted(results, key=lambda r: r["name"])
 
 
 def storage_cause(exc: BaseException) -> StorageError | None:
@@ -448,7 +513,7 @@ def _write_and_commit(splits: list[SplitListing], loc: Location, *, dataset: str
     loc.join(MANIFEST_NAME).delete()  # from now on the prefix is uncommitted
     manifest: dict = {"format": FORMAT, "dataset": dataset, "classes": classes,
                       "class_names": class_names or classes, "splits": {}, "etl": asdict(cfg),
-                      "code_version": code_version(), "source": source}
+                      "code_version": code_version(), "source": source, "member_order": MEMBER_ORDER}
     clipped = 0
     for listing in splits:
         rows = [r for r in listing.rows if not r.get("problem")]
@@ -462,7 +527,7 @@ def _write_and_commit(splits: list[SplitListing], loc: Location, *, dataset: str
         for r in results:
             rejects += [{"split": listing.name, **x} for x in r["rejects"]]
             clipped += r["clipped"]
-        kept = [{k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in results if r["count"]]
+        kept = [{k: r[k] for k in ("name", "count", "classes", "bytes", "sha256")} for r in results if r["count"]]
         manifest["splits"][listing.name] = {"count": sum(r["count"] for r in kept), "shards": kept}
     wanted = {s["name"] for sp in manifest["splits"].values() for s in sp["shards"]}
     for name in loc.list_names():

@@ -10,7 +10,7 @@ from typing import Literal
 from bgwsol.config import option
 from bgwsol.ray_init import RayConfig, init_ray
 from bgwsol.data.sources.crawl import CrawlConfig
-from bgwsol.data.shards.etl import ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
+from bgwsol.data.shards.etl import MEMBER_ORDER, ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
 from bgwsol.data.shards.shardset import ShardSet
 from bgwsol.data.storage import Location
 
@@ -72,8 +72,11 @@ def shard_or_reuse(make_listings, url: str, dataset: str, etl: ShardConfig, sour
         existing = ShardSet.open(url)
         made_with = ShardConfig.output_settings(existing.manifest["etl"])
         if existing.manifest.get("source") == source and made_with == ShardConfig.output_settings(etl):
-            log.info("reusing the committed shard set %s", url)
-            return existing
+            if existing.manifest.get("member_order") == MEMBER_ORDER:
+                log.info("reusing the committed shard set %s", url)
+                return existing
+            log.info("sharding %s again: its shards store their samples in class order (made before %s)",
+                     url, MEMBER_ORDER)
     except ShardSetError:
         pass
     listings, classes, names = make_listings()
