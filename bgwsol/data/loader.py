@@ -328,13 +328,15 @@ class EvalStream(IterableDataset):
         else:
             stream = _raw_samples(self.urls, resampled=False, seed=0, shuffle_buffer=0, handler=handler, rank=rank,
                                   world_size=world, worker=worker, num_workers=nworkers, epoch=0)
-        pending = 0
+        pending = logged = 0
         for raw in stream:
             try:
                 s = decode_sample(raw)
             except Exception as exc:  # noqa: BLE001 - skipped and counted
                 pending += 1
-                log.warning("skipping corrupt sample %s: %s", raw.get("__key__"), exc)
+                logged += 1
+                if logged <= 5:  # the first few by name; every one is counted in "skipped"
+                    log.warning("skipping corrupt sample %s: %s", raw.get("__key__"), exc)
                 continue
             mask = None
             if s.mask is not None:

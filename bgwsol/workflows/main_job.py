@@ -261,7 +261,7 @@ def pipeline_problems(cfg: PipelineConfig) -> list[str]:
 
     problems = run_config_problems(cfg.run, "run.")
     problems += methods_problems(["bgwsol"] + ([cfg.baseline] if cfg.baseline else []), cfg.source, cfg.background)
-    problems += sources_problems(cfg.source, cfg.background, cfg.etl)
+    problems += sources_problems(cfg.source, cfg.background, cfg.etl, cfg.dataset)
     problems += cluster_problems(cfg.cluster, cfg.run.train.batch_size)
     if cfg.cluster.run_name:
         problems.append(f"--cluster.run_name {cfg.cluster.run_name!r}: the main job names its runs itself (the "

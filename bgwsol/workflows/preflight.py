@@ -77,11 +77,14 @@ def methods_problems(methods: list[str], source: str, background: str) -> list[s
     return out
 
 
-def sources_problems(source: str, background: str, etl) -> list[str]:
+def sources_problems(source: str, background: str, etl, dataset: str = "") -> list[str]:
     """The dataset and background paths that must exist, and the ETL's ranges (``--etl.*``)."""
     from bgwsol.data.shards.etl import shard_config_problems
+    from bgwsol.data.shards.jobs import FOLDER_NEEDS_SOURCE
 
     out = [p for p in (path_problem("--source", source), path_problem("--background", background)) if p]
+    if dataset == "folder" and not source:
+        out.append(FOLDER_NEEDS_SOURCE)
     return out + shard_config_problems(etl)
 
 
@@ -98,7 +101,7 @@ def cluster_problems(cluster, batch_size: int) -> list[str]:
 def compare_problems(job) -> list[str]:
     """Everything :func:`bgwsol.workflows.compare.compare` needs, checked before any work."""
     problems = run_config_problems(job.run, "run.") + methods_problems(list(job.methods), job.source, job.background)
-    problems += sources_problems(job.source, job.background, job.etl) + cluster_problems(job.cluster,
+    problems += sources_problems(job.source, job.background, job.etl, job.dataset) + cluster_problems(job.cluster,
                                                                                          job.run.train.batch_size)
     if not job.seeds:
         problems.append("--seeds: give at least one seed")

@@ -92,6 +92,7 @@ class SplitListing:
 
     name: str
     rows: list[dict] = field(default_factory=list)
+    found: dict = field(default_factory=dict)  # what the reader counted (recorded in the manifest as "reader")
 
 
 # ------------------------------------------------------------------------------------ listing
@@ -456,13 +457,26 @@ def code_version() -> str:
 
 
 def dataset_listings(dataset: str, root: str, val_fraction: float) -> tuple[list[SplitListing], list[str], list[str]]:
-    """``train`` / ``val`` / ``test`` listings of a dataset in its own layout, plus wnids and class names.
+    """``train`` / ``val`` / ``test`` listings of a dataset in its own layout (``ilsvrc``, ``cub``, or
+    ``folder``: class folders with VOC / COCO boxes, :mod:`bgwsol.data.sources.folder`, where
+    ``val_fraction`` is the validation share of the boxed images and the rest is test), plus
+    the classes and their names.
 
     Validation is carved from the labelled train images exactly as in local training
     (:func:`bgwsol.data.sources.splits.hold_out`), so a shard set and a folder give the same splits.
     """
     from bgwsol.data.sources.splits import hold_out, read_dataset
 
+    if dataset == "folder":  # boxes only where the user drew them: those images are validation and test
+        from bgwsol.data.sources.folder import read_folder
+
+        train, val, test, classes, found = read_folder(root, val_fraction)
+        log.info("%s: %d images in %d class folders; %d with %d boxes of their class (%d validation, %d test); "
+                 "%d boxes of other classes ignored", root, found.images, len(classes), found.boxed_images,
+                 found.boxes, len(val), len(test), found.other_class_boxes)
+        return ([SplitListing("train", listing_rows(train, classes), found.to_json()),
+                 SplitListing("val", listing_rows(val, classes)), SplitListing("test", listing_rows(test, classes))],
+                classes, list(classes))
     train, test, classes, names = read_dataset(dataset, root)
     train, val = hold_out(train, val_fraction)
     return ([SplitListing("train", listing_rows(train, classes)), SplitListing("val", listing_rows(val, classes)),
@@ -515,6 +529,9 @@ def _write_and_commit(splits: list[SplitListing], loc: Location, *, dataset: str
                       "class_names": class_names or classes, "splits": {}, "etl": asdict(cfg),
                       "code_version": code_version(), "source": source, "member_order": MEMBER_ORDER}
     clipped = 0
+    found = {x.name: x.found for x in splits if x.found}
+    if found:
+        manifest["reader"] = found
     for listing in splits:
         rows = [r for r in listing.rows if not r.get("problem")]
         if not rows:

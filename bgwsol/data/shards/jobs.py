@@ -16,13 +16,18 @@ from bgwsol.data.storage import Location
 
 log = logging.getLogger(__name__)
 
+FOLDER_NEEDS_SOURCE = ("--source: the folder layout has no embedded default; give the folder that holds one "
+                       "folder per class")
+
 
 @dataclass
 class DataSources:
     """Where a training job's images come from and where their shards go (the main job's and the
     comparison's first flags; :func:`shard_sources` turns them into two shard sets)."""
 
-    dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "dataset layout of --source: ilsvrc | cub")
+    dataset: Literal["ilsvrc", "cub", "folder"] = option(
+        "ilsvrc", "dataset layout of --source: ilsvrc | cub | folder (one folder per class, boxes as VOC XML "
+                  "or COCO JSON for the validation and test images)")
     source: str = option("", "dataset root in its own layout, a folder or s3://bucket/prefix; empty: the embedded "
                              "synthetic dataset of that layout")
     background: str = option("", "background image folder (local or s3://bucket/prefix); empty: the synthetic "
@@ -35,7 +40,9 @@ class DataSources:
 class DatasetShardJob:
     """Shard ILSVRC or CUB (train, validation held out from train, test) into ``output``."""
 
-    dataset: Literal["ilsvrc", "cub"] = option("ilsvrc", "dataset layout under source")
+    dataset: Literal["ilsvrc", "cub", "folder"] = option(
+        "ilsvrc", "dataset layout under source: ilsvrc | cub | folder (one folder per class; VOC XML beside the "
+                  "images or under annotations/, or annotations.json in COCO form, for the boxed images)")
     source: str = option("", "dataset root, a folder or s3://bucket/prefix (ILSVRC: the folder with LOC_*.csv "
                              "and Data/; CUB: CUB_200_2011/); "
                              "empty: generate the synthetic dataset under data/synthetic")
@@ -190,6 +197,8 @@ def shard_job_problems(job: DatasetShardJob | BackgroundShardJob) -> list[str]:
     problems = ([missing] if missing else []) + shard_config_problems(job.etl)
     if not job.output:
         problems.append("--output: give a folder or s3://bucket/prefix for the shards")
+    if getattr(job, "dataset", "") == "folder" and not job.source:
+        problems.append(FOLDER_NEEDS_SOURCE)
     crawl = getattr(job, "crawl", None)
     if crawl is not None and crawl.retries < 1:
         problems.append(f"--crawl.retries {crawl.retries}: attempts per URL, must be >= 1 (1: no retry)")

@@ -1,0 +1,256 @@
+"""Reader of your own photos: one folder per class (torchvision's ``ImageFolder`` layout), and boxes
+for some of them from an annotation tool (Pascal VOC XML or COCO JSON).
+
+Layout (a local folder or an ``s3://`` prefix)::
+
+    root/<class>/<image>.jpg            every image; class names are the folder names, sorted
+    root/<class>/<image>.xml            VOC XML beside its image (LabelImg, CVAT, Label Studio,
+                                        Roboflow "Pascal VOC" exports), or
+    root/annotations/**/<image>.xml     in a parallel tree (matched by the image's file stem), or
+    root/annotations.json               one COCO JSON file (CVAT, Label Studio, Roboflow "COCO")
+
+Splits: images with at least one box of their own class form the evaluation pool, divided by
+the CRC32 of their image id (as :func:`~bgwsol.data.sources.splits.hold_out` does): a
+``val_fraction`` share is validation, the rest test. Every other image trains, without boxes.
+An image keeps every box of its class (MaxBoxAcc takes the best match); boxes of other
+classes (a person holding the fruit) are ignored and counted.
+
+Coordinate conventions, as the tools write them:
+
+- VOC ``<bndbox>``: ``xmin ymin xmax ymax`` are 1-based pixel indices, both ends inside the box
+  (the Pascal VOC devkit's convention, which LabelImg, CVAT and Roboflow follow), so the
+  0-based inclusive corners used here are each minus 1. A tool that wrote 0-based corners
+  loses one pixel at the left and top; a box at the edge then reaches -1, which is clipped
+  and counted like any box past the edge. Floats are rounded.
+- COCO ``bbox``: ``[x, y, width, height]`` in continuous 0-based pixel coordinates (floats):
+  the inclusive corners are ``floor(x), floor(y), ceil(x + width) - 1, ceil(y + height) - 1``.
+- An XML ``<size>`` that disagrees with the image: the image's real size wins (boxes are
+  checked against it) and the case is counted. An XML ``<filename>`` that names another file:
+  the annotation belongs to the image it sits beside (or whose stem it bears), counted.
+- A COCO category that names no class folder: its boxes are ignored, counted.
+
+What was found is in :class:`FolderCounts`; the shard flows record it in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+
+from bgwsol.data.sources.records import DatasetFormatError, Sample
+from bgwsol.data.sources.source_tree import SourceTree, image_file
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+ANNOTATIONS_DIR = "annotations"
+COCO_FILE = "annotations.json"
+
+
+@dataclass
+class FolderCounts:
+    """What the reader found besides the images, for the manifest and the console."""
+
+    images: int = 0
+    boxed_images: int = 0
+    boxes: int = 0
+    other_class_boxes: int = 0          # boxes naming another class than the image's folder
+    boxed_only_other_classes: int = 0   # images whose annotation has no box of their own class
+    size_mismatches: int = 0            # XML <size> differs from the image: the image wins
+    filename_mismatches: int = 0        # XML <filename> names another file
+    unknown_categories: Counter = field(default_factory=Counter)  # COCO category -> boxes ignored
+
+    def to_json(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "unknown_categories"}
+        out["unknown_categories"] = dict(sorted(self.unknown_categories.items()))
+        return out
+
+
+@dataclass
+class _Annotation:
+    boxes: list[tuple[str, list[int]]]   # (class name, inclusive 0-based corners)
+    where: str                           # the file (and entry) that holds it, for messages
+    size: tuple[int, int] | None = None  # what the file says the image measures
+    filename: str = ""                   # what the file says the image is called
+    problem: str = ""
+
+
+def voc_corners(xmin: float, ymin: float, xmax: float, ymax: float) -> list[int]:
+    """VOC's 1-based inclusive pixel indices -> 0-based inclusive corners."""
+    return [int(round(xmin)) - 1, int(round(ymin)) - 1, int(round(xmax)) - 1, int(round(ymax)) - 1]
+
+
+def coco_corners(x: float, y: float, w: float, h: float) -> list[int]:
+    """COCO's continuous ``[x, y, width, height]`` -> 0-based inclusive pixel corners."""
+    return [int(math.floor(x)), int(math.floor(y)), int(math.ceil(x + w)) - 1, int(math.ceil(y + h)) - 1]
+
+
+def parse_voc(text: str, where: str) -> _Annotation:
+    """One VOC XML file; a file that is not VOC XML gives an annotation with a ``problem``."""
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
+        return _Annotation([], where, problem=f"{where}: not XML ({exc})")
+    if root.tag != "annotation":
+        return _Annotation([], where, problem=f"{where}: not a VOC annotation (root <{root.tag}>)")
+    size = None
+    w, h = root.findtext("size/width"), root.findtext("size/height")
+    try:
+        if w and h and float(w) > 0 and float(h) > 0:
+            size = (int(float(w)), int(float(h)))
+    except ValueError:
+        pass
+    boxes = []
+    for i, obj in enumerate(root.findall("object"), start=1):
+        name = (obj.findtext("name") or "").strip()
+        try:
+            corners = voc_corners(*(float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")))
+        except (TypeError, ValueError):
+            return _Annotation([], where, problem=f"{where}: object {i} ({name or 'no name'}) has no numeric <bndbox>")
+        boxes.append((name, corners))
+    return _Annotation(boxes, where, size, (root.findtext("filename") or "").strip())
+
+
+def parse_coco(text: str, where: str, classes: list[str], counts: FolderCounts) -> dict[str, _Annotation]:
+    """``{file name as COCO lists it: annotation}`` of one COCO JSON file; raises on a broken file."""
+    try:
+        coco = json.loads(text)
+        categories = {int(c["id"]): str(c["name"]).strip() for c in coco["categories"]}
+        images = {int(im["id"]): im for im in coco["images"]}
+        annotations = coco["annotations"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetFormatError(f"{where}: not a COCO detection file ({type(exc).__name__}: {exc})") from None
+    known = set(classes)
+    out = {str(im["file_name"]): _Annotation([], f"{where} (image id {i})",
+                                             (int(im["width"]), int(im["height"])) if im.get("width") else None)
+           for i, im in images.items()}
+    for k, a in enumerate(annotations):
+        try:
+            image = images[int(a["image_id"])]
+            name = categories[int(a["category_id"])]
+            corners = coco_corners(*(float(v) for v in a["bbox"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetFormatError(f"{where}: annotation {k} ({a.get('id', '?')}) is broken: "
+                                     f"{type(exc).__name__}: {exc}") from None
+        if name not in known:
+            counts.unknown_categories[name] += 1
+            continue
+        out[str(image["file_name"])].boxes.append((name, corners))
+    return out
+
+
+def in_eval_pool(image_id: str, val_fraction: float) -> str:
+    """``"val"`` or ``"test"`` for a boxed image, by the CRC32 of its id (reruns agree)."""
+    return "val" if zlib.crc32(image_id.encode()) < int(val_fraction * 2**32) else "test"
+
+
+def _real_size(path) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(image_file(path)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - the ETL rejects an unreadable image with its reason
+        return None
+
+
+def read_folder(root: str | Path | SourceTree, val_fraction: float = 0.5
+                ) -> tuple[list[Sample], list[Sample], list[Sample], list[str], FolderCounts]:
+    """``(train, val, test, classes, counts)`` of a class-folder tree (module docstring).
+
+    Raises :class:`DatasetFormatError` in one line for what the user got wrong: no class
+    folders (``root`` pointing at one class folder or at the parent of the dataset), images
+    directly under ``root``, or no image with a box of its class (nothing to choose thresholds on).
+    """
+    tree = SourceTree(root)
+    if not tree.exists():
+        raise DatasetFormatError(f"{tree.url}: no such folder")
+    files = tree.files("")
+    images: dict[str, list[str]] = {}
+    loose = []
+    for rel in files:
+        parts = rel.split("/")
+        if parts[0] == ANNOTATIONS_DIR or not rel.lower().endswith(IMAGE_SUFFIXES):
+            continue
+        if len(parts) == 1:
+            loose.append(rel)
+        elif len(parts) == 2:
+            images.setdefault(parts[0], []).append(rel)
+        # deeper files: a parent of the class folders, caught below when nothing is at depth 2
+    if loose:
+        raise DatasetFormatError(f"{tree.where(loose[0])}: an image directly under the root; put each image in "
+                                 f"a folder named after its class ({len(loose)} loose images)")
+    if not images:
+        deeper = sorted({rel.split("/")[0] for rel in files if rel.lower().endswith(IMAGE_SUFFIXES)})
+        hint = (f"; the images are one level deeper, under {', '.join(deeper[:3])}: point --source there"
+                if deeper else "")
+        raise DatasetFormatError(f"{tree.url}: no class folders with images (expected <class>/<image>){hint}")
+    classes = sorted(images)
+    if len(classes) < 2:
+        raise DatasetFormatError(f"{tree.url}: one class folder ({classes[0]}): a classifier needs at least two "
+                                 "(is --source one class folder instead of their parent?)")
+    counts = FolderCounts()
+    annotations = _annotations(tree, files, classes, counts)
+    label = {c: i for i, c in enumerate(classes)}
+    train, val, test = [], [], []
+    for cls in classes:
+        for rel in images[cls]:
+            counts.images += 1
+            stem = os.path.splitext(rel)[0]
+            name = rel.split("/")[1]
+            ann = annotations.get(rel) or annotations.get(stem) or annotations.get(name) or \
+                annotations.get(os.path.splitext(name)[0])
+            path = tree.path(rel)
+            if ann is None or ann.problem:
+                train.append(Sample(rel, path, label[cls], source="folder", problem=ann.problem if ann else ""))
+                continue
+            own = [corners for box_class, corners in ann.boxes if box_class == cls]
+            counts.other_class_boxes += len(ann.boxes) - len(own)
+            if not own:
+                counts.boxed_only_other_classes += bool(ann.boxes)
+                train.append(Sample(rel, path, label[cls], source="folder"))
+                continue
+            if ann.filename and ann.filename not in (name, rel) and os.path.splitext(ann.filename)[0] != \
+                    os.path.splitext(name)[0]:
+                counts.filename_mismatches += 1
+            real = _real_size(path)
+            if real is not None and ann.size is not None and real != ann.size:
+                counts.size_mismatches += 1
+            sample = Sample(rel, path, label[cls], np.array(own, dtype=np.int64).reshape(-1, 4), size=real or (0, 0),
+                            source="folder")
+            counts.boxed_images += 1
+            counts.boxes += len(own)
+            (val if in_eval_pool(rel, val_fraction) == "val" else test).append(sample)
+    if not val and not test:
+        raise DatasetFormatError(f"{tree.url}: no image has a box of its own class (VOC XML beside the images or "
+                                 f"under {ANNOTATIONS_DIR}/, or {COCO_FILE}): nothing to validate and test on")
+    return train, val, test, classes, counts
+
+
+def _annotations(tree: SourceTree, files: list[str], classes: list[str], counts: FolderCounts
+                 ) -> dict[str, _Annotation]:
+    """Annotations keyed by what they name: ``<class>/<file>`` and the stem for VOC files beside
+    their images or in the parallel tree, the COCO ``file_name`` (and its base name) for COCO."""
+    found: dict[str, _Annotation] = {}
+    for rel in files:
+        if not rel.lower().endswith(".xml"):
+            continue
+        ann = parse_voc(tree.read_text(rel), tree.where(rel))
+        key = os.path.splitext(rel)[0]
+        if key.startswith(ANNOTATIONS_DIR + "/"):
+            key = key[len(ANNOTATIONS_DIR) + 1:]
+            if "/" not in key:  # a flat annotations/ folder: matched by the image's stem alone
+                found.setdefault(key, ann)
+                continue
+        found[key] = ann
+    if tree.is_file(COCO_FILE):
+        for file_name, ann in parse_coco(tree.read_text(COCO_FILE), tree.where(COCO_FILE), classes, counts).items():
+            found[file_name] = ann
+            found.setdefault(file_name.rsplit("/", 1)[-1], ann)
+    return found

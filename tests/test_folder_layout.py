@@ -1,0 +1,141 @@
+"""Your own photos: class folders plus boxes as LabelImg / CVAT / Roboflow export them (VOC XML,
+COCO JSON), with their real quirks; and the one-line errors for what users get wrong."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from bgwsol.data.sources.folder import coco_corners, read_folder, voc_corners
+from bgwsol.data.sources.records import DatasetFormatError
+
+
+def photo(path, size=(60, 40)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (90, 120, 30)).save(path, quality=85)
+
+
+def voc(path, filename: str, size, objects: list[tuple[str, tuple]]):
+    """A VOC XML as LabelImg writes it (1-based corners, <size>, <filename>)."""
+    objs = "".join(f"<object><name>{n}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
+                   f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox>"
+                   "</object>" for n, b in objects)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<annotation><folder>x</folder><filename>{filename}</filename><size><width>{size[0]}</width>"
+                    f"<height>{size[1]}</height><depth>3</depth></size>{objs}</annotation>")
+
+
+def test_conventions_of_the_tools():
+    assert voc_corners(1, 1, 60, 40) == [0, 0, 59, 39]          # the whole 60x40 image, 1-based
+    assert voc_corners(10.6, 5.2, 20.4, 9.5) == [10, 4, 19, 9]  # CVAT writes floats: rounded
+    assert coco_corners(0.0, 0.0, 60.0, 40.0) == [0, 0, 59, 39]  # continuous [x, y, w, h]
+    assert coco_corners(10.5, 4.2, 9.1, 5.0) == [10, 4, 19, 9]
+
+
+def test_voc_beside_the_images(tmp_path):
+    root = tmp_path / "fruit"
+    for i in range(12):
+        photo(root / "apple" / f"a{i}.jpg")
+        photo(root / "pear" / f"p{i}.jpg")
+    # two apples, and a person holding them (a class that is not trained): both apples kept
+    voc(root / "apple/a0.xml", "a0.jpg", (60, 40), [("apple", (1, 1, 20, 20)), ("apple", (30, 5, 60, 40)),
+                                                     ("person", (1, 1, 60, 40))])
+    voc(root / "apple/a1.xml", "IMG_0001.jpg", (120, 80), [("apple", (0, 0, 10, 10))])  # wrong name and size
+    voc(root / "pear/p0.xml", "p0.jpg", (60, 40), [("apple", (5, 5, 15, 15))])  # only another class
+    voc(root / "pear/p1.xml", "p1.jpg", (60, 40), [("pear", (2, 3, 40, 30))])
+    train, val, test, classes, counts = read_folder(root, val_fraction=0.5)
+    assert classes == ["apple", "pear"]
+    boxed = {s.image_id: s for s in val + test}
+    assert set(boxed) == {"apple/a0.jpg", "apple/a1.jpg", "pear/p1.jpg"}
+    assert boxed["apple/a0.jpg"].boxes.tolist() == [[0, 0, 19, 19], [29, 4, 59, 39]]
+    assert boxed["apple/a1.jpg"].boxes.tolist() == [[-1, -1, 9, 9]]  # a 0-based tool: clipped later, counted
+    assert boxed["pear/p1.jpg"].label == 1 and boxed["pear/p1.jpg"].size == (60, 40)
+    assert len(train) == 24 - 3 and all(len(s.boxes) == 0 for s in train)
+    assert counts.other_class_boxes == 2 and counts.boxed_only_other_classes == 1
+    assert counts.size_mismatches == 1 and counts.filename_mismatches == 1 and counts.boxes == 4
+    again = read_folder(root, val_fraction=0.5)  # the split depends on the image ids only
+    assert [s.image_id for s in again[1]] == [s.image_id for s in val]
+
+
+def test_a_parallel_voc_tree_and_a_broken_file(tmp_path):
+    root = tmp_path / "data"
+    for c in ("cat", "dog"):
+        for i in range(3):
+            photo(root / c / f"{c}{i}.png")
+        voc(root / "annotations" / c / f"{c}0.xml", f"{c}0.png", (60, 40), [(c, (5, 5, 30, 30))])
+    (root / "annotations/dog/dog1.xml").write_text("<annotation><object><name>dog</name></object>")
+    train, val, test, _, counts = read_folder(root)
+    assert sorted(s.image_id for s in val + test) == ["cat/cat0.png", "dog/dog0.png"]
+    broken = [s for s in train if s.problem]
+    assert [s.image_id for s in broken] == ["dog/dog1.png"] and "dog1.xml: not XML" in broken[0].problem
+
+
+def test_coco_json(tmp_path):
+    root = tmp_path / "coco"
+    for c in ("raccoon", "kangaroo"):
+        for i in range(2):
+            photo(root / c / f"{c}{i}.jpg")
+    coco = {"images": [{"id": 1, "file_name": "raccoon0.jpg", "width": 60, "height": 40},
+                       {"id": 2, "file_name": "kangaroo/kangaroo1.jpg", "width": 60, "height": 40}],
+            "categories": [{"id": 0, "name": "animals"}, {"id": 1, "name": "raccoon"}, {"id": 2, "name": "kangaroo"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2.5, 3.0, 20.0, 10.0]},
+                            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [0, 0, 60, 40]},
+                            {"id": 3, "image_id": 2, "category_id": 0, "bbox": [0, 0, 5, 5]}]}
+    (root / "annotations.json").write_text(json.dumps(coco))
+    train, val, test, classes, counts = read_folder(root)
+    boxed = {s.image_id: s.boxes.tolist() for s in val + test}
+    assert boxed == {"raccoon/raccoon0.jpg": [[2, 3, 22, 12]], "kangaroo/kangaroo1.jpg": [[0, 0, 59, 39]]}
+    assert counts.unknown_categories == {"animals": 1} and len(train) == 2
+    (root / "annotations.json").write_text('{"images": []}')
+    with pytest.raises(DatasetFormatError, match=r"annotations.json: not a COCO detection file"):
+        read_folder(root)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("parent", r"the images are one level deeper, under fruit: point --source there"),
+    ("one_class", r"one class folder \(apple\)"),
+    ("loose", r"an image directly under the root"),
+    ("no_boxes", r"no image has a box of its own class"),
+])
+def test_what_users_get_wrong_is_one_line(tmp_path, case, message):
+    root = tmp_path / "set"
+    if case == "parent":
+        photo(root / "fruit/apple/a.jpg")
+        photo(root / "fruit/pear/p.jpg")
+    elif case == "one_class":
+        photo(root / "apple/a.jpg")
+    elif case == "loose":
+        photo(root / "a.jpg")
+        photo(root / "apple/b.jpg")
+    else:
+        photo(root / "apple/a.jpg")
+        photo(root / "pear/p.jpg")
+    with pytest.raises(DatasetFormatError, match=message) as err:
+        read_folder(root)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.ray
+def test_shard_folder_flow_writes_splits_and_counts(ray_local, tmp_path):
+    """``flows/shard_folder.py`` as a user runs it: VOC beside the images, one 0-based box at the
+    edge (clipped and counted), a person box (ignored and counted) — then the manifest."""
+    from bgwsol.data.shards.shardset import ShardSet
+    from conftest import load_flow
+
+    root = tmp_path / "fruit"
+    for i in range(10):
+        photo(root / "apple" / f"a{i}.jpg")
+        photo(root / "pear" / f"p{i}.jpg")
+        voc(root / "apple" / f"a{i}.xml", f"a{i}.jpg", (60, 40), [("apple", (0, 0, 20, 20)), ("person", (1, 1, 9, 9))])
+    voc(root / "pear/p0.xml", "p0.jpg", (60, 40), [("pear", (5, 5, 30, 30))])
+    out = tmp_path / "shards"
+    flow = load_flow("shard_folder")
+    assert flow.main(["--source", str(root), "--output", str(out), "--etl.max_short_side", "32",
+                      "--log_dir", str(tmp_path / "logs")]) == 0
+    shards = ShardSet.open(str(out))
+    assert shards.manifest["dataset"] == "folder" and shards.classes == ["apple", "pear"]
+    assert shards.count("train") == 9 and shards.count("val") + shards.count("test") == 11
+    reader = shards.manifest["reader"]["train"]
+    assert reader["other_class_boxes"] == 10 and reader["boxed_images"] == 11 and reader["boxes"] == 11
+    assert shards.manifest["clipped_boxes"] == 10  # LabelImg-style 0-based corners at the edge
+    assert flow.main(["--output", str(out)]) == 2  # no --source: one line before any work
