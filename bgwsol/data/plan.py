@@ -36,7 +36,6 @@ class DataPlan:
     val: list[str]
     test: list[str]
     background: list[str] | None
-    counts: dict[str, int]          # intact samples per split ("train", "val", "test")
     shard_counts: dict[str, int]    # samples per intact dataset shard, by URL (as the manifest records)
     expected: dict[str, int]        # samples per split in the manifest
     classes: list[str]
@@ -56,15 +55,20 @@ class DataPlan:
                         "context": "background"})
         return out
 
-    def sizes(self, urls: list[str]) -> list[int] | None:
-        """Samples in each of ``urls`` (dataset shards of this plan), None if one is not known."""
-        found = [self.shard_counts.get(u) for u in urls]
-        return None if None in found else found
+    def sizes(self, urls: list[str]) -> list[int]:
+        """Samples in each of ``urls`` (intact dataset shards of this plan)."""
+        return [self.shard_counts[u] for u in urls]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Intact samples per split (``"train"``, ``"val"``, ``"test"``)."""
+        return {split: sum(self.sizes(getattr(self, split))) for split in ("train", "val", "test")}
 
     @property
     def lost(self) -> int:
         """Samples of the dataset in damaged shards."""
-        return sum(self.expected[s] - self.counts[s] for s in self.counts)
+        counts = self.counts
+        return sum(self.expected[s] - counts[s] for s in counts)
 
 
 def plan_data(data: RunData, uses_background: bool) -> DataPlan:
@@ -86,10 +90,9 @@ def plan_data(data: RunData, uses_background: bool) -> DataPlan:
         bg_sizes, bad = bg_set.usable("background")
         background = list(bg_sizes)
         damaged.update(bad)
-    counts = {split: sum(found.values()) for split, found in sizes.items()}
-    plan = DataPlan(list(sizes["train"]), list(sizes["val"]), list(sizes["test"]), background, counts,
+    plan = DataPlan(list(sizes["train"]), list(sizes["val"]), list(sizes["test"]), background,
                     {url: n for found in sizes.values() for url, n in found.items()},
-                    {s: shards.count(s) if s in shards.splits else 0 for s in counts}, shards.classes,
+                    {s: shards.count(s) if s in shards.splits else 0 for s in sizes}, shards.classes,
                     shards.manifest.get("class_names"), shards.digest, shards.manifest["dataset"], damaged,
                     shards.location.url, bg_set.location.url if bg_set else "", bg_set.digest if bg_set else "")
     if damaged:

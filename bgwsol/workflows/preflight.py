@@ -80,12 +80,10 @@ def methods_problems(methods: list[str], source: str, background: str) -> list[s
 def sources_problems(source: str, background: str, etl, dataset: str = "") -> list[str]:
     """The dataset and background paths that must exist, and the ETL's ranges (``--etl.*``)."""
     from bgwsol.data.shards.etl import shard_config_problems
-    from bgwsol.data.shards.jobs import FOLDER_NEEDS_SOURCE
+    from bgwsol.data.shards.jobs import dataset_source_problems
 
     out = [p for p in (path_problem("--source", source), path_problem("--background", background)) if p]
-    if dataset == "folder" and not source:
-        out.append(FOLDER_NEEDS_SOURCE)
-    return out + shard_config_problems(etl)
+    return out + dataset_source_problems(dataset, source) + shard_config_problems(etl)
 
 
 def cluster_problems(cluster, batch_size: int) -> list[str]:

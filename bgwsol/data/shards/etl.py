@@ -142,14 +142,14 @@ def shard_order(rows: list[dict]) -> list[dict]:
     about ``min(m, classes)`` of them for balanced classes, where a plain hash order would hold
     about 63 % of the classes when ``m`` equals their number. Reruns give the same order.
     """
-    by_class: dict[int, list[dict]] = {}
+    by_class: dict[int, list[tuple[int, dict]]] = {}
     for row in rows:
-        by_class.setdefault(int(row["label"]), []).append(row)
+        by_class.setdefault(int(row["label"]), []).append((_key_hash(row), row))
     placed = []
     for members in by_class.values():
-        members.sort(key=_key_hash)
+        members.sort(key=lambda t: t[0])
         n = len(members)
-        placed += [((i + _key_hash(r) / 2**160) / n, _key_hash(r), r) for i, r in enumerate(members)]
+        placed += [((i + h / 2**160) / n, h, r) for i, (h, r) in enumerate(members)]
     placed.sort(key=lambda t: t[:2])
     return [r for _, _, r in placed]
 
@@ -364,8 +364,8 @@ TASK_MEMORY_BASE = 512 * 2**20
 def task_memory(cfg: ShardConfig) -> int:
     """Bytes an ETL task asks Ray for (``memory=``): flat in ``shard_size_mb``, since samples stream
     into the tar, plus 4 MiB per source file read ahead beyond the measured 16. (A task that held
-    its shard needed 2-3 times the shard size; one image of ``MAX_PIXELS`` alone decodes to 600 MB,
-    so such a photo still needs headroom the request does not reserve.)"""
+    its shard needed about 4 times the shard size; one image of ``MAX_PIXELS`` alone decodes to
+    600 MB, so such a photo still needs headroom the request does not reserve.)"""
     return TASK_MEMORY_BASE + max(0, cfg.read_ahead - 16) * 4 * 2**20
 
 

@@ -16,8 +16,12 @@ from bgwsol.data.storage import Location
 
 log = logging.getLogger(__name__)
 
-FOLDER_NEEDS_SOURCE = ("--source: the folder layout has no embedded default; give the folder that holds one "
-                       "folder per class")
+
+def dataset_source_problems(dataset: str, source: str) -> list[str]:
+    """The folder layout has no embedded synthetic default: it needs ``--source``."""
+    if dataset == "folder" and not source:
+        return ["--source: the folder layout has no embedded default; give the folder that holds one folder per class"]
+    return []
 
 
 @dataclass
@@ -197,8 +201,7 @@ def shard_job_problems(job: DatasetShardJob | BackgroundShardJob) -> list[str]:
     problems = ([missing] if missing else []) + shard_config_problems(job.etl)
     if not job.output:
         problems.append("--output: give a folder or s3://bucket/prefix for the shards")
-    if getattr(job, "dataset", "") == "folder" and not job.source:
-        problems.append(FOLDER_NEEDS_SOURCE)
+    problems += dataset_source_problems(getattr(job, "dataset", ""), job.source)
     crawl = getattr(job, "crawl", None)
     if crawl is not None and crawl.retries < 1:
         problems.append(f"--crawl.retries {crawl.retries}: attempts per URL, must be >= 1 (1: no retry)")

@@ -104,7 +104,8 @@ class ShardSet:
     def damaged(self, split: str | None = None, *, checksums: bool = False) -> dict[str, str]:
         """Shards (by URL) of ``split`` (or every split) that are missing or differ from the manifest.
 
-        Sizes come from one listing of the prefix; SHA-256 with ``checksums`` (reads every byte). Returns ``{url: reason}``; empty when the set is intact.
+        Sizes come from one listing of the prefix; SHA-256 with ``checksums`` (reads every byte).
+        Returns ``{url: reason}``; empty when the set is intact.
         """
         entries = [e for name in ([split] if split else self.splits) for e in self.shards(name)]
         # the sizes of all shards from one listing of the prefix (ILSVRC's ~2,500 shards: 3 LIST

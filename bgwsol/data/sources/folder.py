@@ -45,7 +45,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 from bgwsol.data.sources.records import DatasetFormatError, Sample
-from bgwsol.data.sources.source_tree import SourceTree, image_file
+from bgwsol.data.sources.source_tree import SourceTree, image_file, read_source
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 ANNOTATIONS_DIR = "annotations"
@@ -243,7 +243,7 @@ def _annotations(tree: SourceTree, files: list[str], classes: list[str], counts:
     for rel in files:
         if not rel.lower().endswith(".xml"):
             continue
-        ann = parse_voc(tree.read_text(rel), tree.where(rel))
+        ann = parse_voc(read_source(tree.path(rel)).decode(errors="replace"), tree.where(rel))
         key = os.path.splitext(rel)[0]
         if key.startswith(ANNOTATIONS_DIR + "/"):
             key = key[len(ANNOTATIONS_DIR) + 1:]
