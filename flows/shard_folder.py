@@ -4,13 +4,16 @@
 of the images come from an annotation tool: Pascal VOC XML beside each image or in a parallel
 ``annotations/`` tree (LabelImg, CVAT, Label Studio, Roboflow), or one ``annotations.json`` in
 COCO form. The images with a box of their class are split by image id into validation
-(``--etl.val_fraction`` of them) and test; every other image trains without boxes. Boxes of
+(``--etl.val_fraction`` of them) and test; every other image trains without boxes. A test set
+labelled apart goes in ``--eval_source`` (the same layout): its boxed images are then the test
+split, and the boxed images under ``--source`` validation. Boxes of
 other classes are ignored and counted in the manifest (``reader``); the conventions each
 format follows are in ``bgwsol/data/sources/folder.py``.
 
     python flows/shard_folder.py --source /data/fruit --output s3://my-bucket/shards/fruit
     ray job submit --working-dir . -- python flows/shard_folder.py --source s3://my-bucket/raw/fruit \\
         --output s3://my-bucket/shards/fruit
+    python flows/shard_folder.py --source /data/fruit --eval_source /data/fruit_test --output data/shards/fruit
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The same pipeline as ``flows/train_ilsvrc.py`` on the ``folder`` layout (see
 ``flows/shard_folder.py``): one folder per class under ``--source``, boxes as VOC XML or COCO
 JSON for the images that validate and test (``--etl.val_fraction`` of the boxed images
-validate, the rest test), a folder of background photos as ``--background``. Registers the
+validate, the rest test; or a separate tree of test images as ``--eval_source``), a folder of
+background photos as ``--background``. Registers the
 best checkpoint as ``--model_name`` (default ``bgwsol-folder``; name it after your data).
 
     python flows/train_folder.py --source /data/fruit --background /data/background --model_name bgwsol-fruit

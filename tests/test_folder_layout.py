@@ -91,6 +91,35 @@ def test_coco_json(tmp_path):
         read_folder(root)
 
 
+def test_a_test_set_labelled_apart(tmp_path):
+    """``--eval_source``: the evaluation tree's boxed images are the test split, the training
+    tree's boxed images validation; whatever the evaluation tree cannot be used for is counted."""
+    root, held = tmp_path / "train", tmp_path / "test"
+    for c in ("apple", "pear"):
+        for i in range(4):
+            photo(root / c / f"{c}{i}.jpg")
+            photo(held / c / f"t{c}{i}.jpg")
+            voc(held / c / f"t{c}{i}.xml", f"t{c}{i}.jpg", (60, 40), [(c, (2, 2, 30, 30))])
+        voc(root / c / f"{c}0.xml", f"{c}0.jpg", (60, 40), [(c, (5, 5, 20, 20))])
+    photo(held / "pear/unboxed.jpg")
+    photo(held / "apple/apple1.jpg")  # the same id as a training image
+    voc(held / "apple/apple1.xml", "apple1.jpg", (60, 40), [("apple", (1, 1, 9, 9))])
+    train, val, test, classes, counts = read_folder(root, val_fraction=0.99, eval_root=held)
+    assert classes == ["apple", "pear"]
+    assert sorted(s.image_id for s in val) == ["apple/apple0.jpg", "pear/pear0.jpg"]  # not by val_fraction
+    assert len(test) == 9 and all(s.path.parent.parent == held for s in test)
+    assert len(train) == 6 and counts.boxed_images == 2
+    assert (counts.eval_images, counts.eval_unboxed, counts.eval_also_in_train) == (10, 1, 1)
+    photo(held / "plum/x.jpg")
+    with pytest.raises(DatasetFormatError, match=r"plum: a class folder that .*train does not have"):
+        read_folder(root, eval_root=held)
+    (held / "plum/x.jpg").unlink()
+    for c in ("apple", "pear"):
+        (root / c / f"{c}0.xml").unlink()
+    with pytest.raises(DatasetFormatError, match=r"with --eval_source those are the validation split"):
+        read_folder(root, eval_root=held)
+
+
 @pytest.mark.parametrize("case, message", [
     ("parent", r"the images are one level deeper, under fruit: point --source there"),
     ("one_class", r"one class folder \(apple\)"),

@@ -84,6 +84,13 @@ def test_shard_and_tune_flows_refuse_bad_settings_before_any_work(tmp_path, caps
     assert rc == 2 and not out.exists()
     assert err == [f"error: --source '{tmp_path / 'nonexistent'}': not found",
                    "error: --etl.jpeg_quality 0: must be in 1..100", "error: --etl.val_fraction 1.0: must be in (0, 1)"]
+    rc = load_flow("shard_cub").main(["--eval_source", str(tmp_path), "--output", str(out)])
+    assert rc == 2 and capsys.readouterr().err.splitlines() == [
+        "error: --eval_source: only the folder layout takes a separate evaluation tree (--dataset is cub; its layout "
+        "has its own test split)"]
+    rc = load_flow("train_folder").main(["--source", str(tmp_path), "--eval_source", str(tmp_path / "held"),
+                                         "--output_dir", str(tmp_path / "o")])
+    assert rc == 2 and f"error: --eval_source '{tmp_path / 'held'}': not found" in capsys.readouterr().err
     rc = load_flow("tune_ilsvrc").main(["--shards", str(out), "--background_shards", str(out), "--run.train.lr", "0",
                                     "--search.lr", "0", "1", "--search.num_samples", "0"])
     err = capsys.readouterr().err

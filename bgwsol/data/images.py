@@ -32,7 +32,11 @@ _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 class RejectedImage(ValueError):
     """Data that is not an image bgwsol uses (empty, truncated, undecodable, too large); the
-    message is the reason."""
+    message is the reason. ``about_mask``: the sample's ground-truth mask is at fault, not its image."""
+
+    def __init__(self, reason: str, about_mask: bool = False):
+        super().__init__(reason)
+        self.about_mask = about_mask
 
 
 def target_size(size: tuple[int, int], max_short_side: int) -> tuple[int, int]:

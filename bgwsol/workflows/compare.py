@@ -256,7 +256,7 @@ def compare(job: CompareConfig) -> Comparison:
     t0 = time.time()
     init_ray(job.ray)
     with ResourceWatch(job.cluster.resource_wait_s):  # says what the job waits for; stops it after the bound
-        data = RunData(*shard_sources(job.dataset, job.source, job.background, job.shards_dir, job.etl))
+        data = RunData(*shard_sources(job, job.etl))
         scoring = plan_data(data, False)  # the intact validation and test shards, listed once for every run
         cluster = replace(job.cluster, storage_path=check_access(job.cluster.storage_path or str(out / "runs"),
                                                                  writable=True).url)

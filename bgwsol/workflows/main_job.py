@@ -54,7 +54,7 @@ def prepare_shards(cfg: PipelineConfig) -> tuple[str, str]:
     """Shard the dataset and the background set (or reuse them); returns their URLs."""
     from bgwsol.data.shards.jobs import shard_sources
 
-    return shard_sources(cfg.dataset, cfg.source, cfg.background, cfg.shards_dir, cfg.etl)
+    return shard_sources(cfg, cfg.etl)
 
 
 def markdown_table(rows: dict[str, dict[str, float]]) -> str:
@@ -261,7 +261,7 @@ def pipeline_problems(cfg: PipelineConfig) -> list[str]:
 
     problems = run_config_problems(cfg.run, "run.")
     problems += methods_problems(["bgwsol"] + ([cfg.baseline] if cfg.baseline else []), cfg.source, cfg.background)
-    problems += sources_problems(cfg.source, cfg.background, cfg.etl, cfg.dataset)
+    problems += sources_problems(cfg, cfg.etl)
     problems += cluster_problems(cfg.cluster, cfg.run.train.batch_size)
     if cfg.cluster.run_name:
         problems.append(f"--cluster.run_name {cfg.cluster.run_name!r}: the main job names its runs itself (the "

@@ -77,13 +77,15 @@ def methods_problems(methods: list[str], source: str, background: str) -> list[s
     return out
 
 
-def sources_problems(source: str, background: str, etl, dataset: str = "") -> list[str]:
-    """The dataset and background paths that must exist, and the ETL's ranges (``--etl.*``)."""
+def sources_problems(sources, etl) -> list[str]:
+    """The dataset, evaluation and background paths that must exist (``sources``: a
+    :class:`~bgwsol.data.shards.jobs.DataSources`), and the ETL's ranges (``--etl.*``)."""
     from bgwsol.data.shards.etl import shard_config_problems
     from bgwsol.data.shards.jobs import dataset_source_problems
 
-    out = [p for p in (path_problem("--source", source), path_problem("--background", background)) if p]
-    return out + dataset_source_problems(dataset, source) + shard_config_problems(etl)
+    missing = path_problem("--background", sources.background)
+    return (dataset_source_problems(sources.dataset, sources.source, sources.eval_source) + ([missing] if missing else [])
+            + shard_config_problems(etl))
 
 
 def cluster_problems(cluster, batch_size: int) -> list[str]:
@@ -99,7 +101,7 @@ def cluster_problems(cluster, batch_size: int) -> list[str]:
 def compare_problems(job) -> list[str]:
     """Everything :func:`bgwsol.workflows.compare.compare` needs, checked before any work."""
     problems = run_config_problems(job.run, "run.") + methods_problems(list(job.methods), job.source, job.background)
-    problems += sources_problems(job.source, job.background, job.etl, job.dataset) + cluster_problems(job.cluster,
+    problems += sources_problems(job, job.etl) + cluster_problems(job.cluster,
                                                                                          job.run.train.batch_size)
     if not job.seeds:
         problems.append("--seeds: give at least one seed")

@@ -229,7 +229,10 @@ def encode_row(row: dict, fetch: Future, cfg: ShardConfig) -> tuple[dict | None,
         res = process_image(data, np.asarray(json.loads(row["boxes"]), np.int64).reshape(-1, 4),
                             max_short_side=cfg.max_short_side, jpeg_quality=cfg.jpeg_quality, mask=mask_bytes)
     except RejectedImage as exc:
-        return None, str(exc), 0
+        reason = str(exc)
+        if exc.about_mask:  # name the mask file: the image itself is fine
+            reason += f" ({row['mask_path']})"
+        return None, reason, 0
     except OSError as exc:
         return None, f"cannot read: {exc}", 0
     meta = json.dumps({"label": row["label"], "wnid": row["wnid"], "boxes": res.boxes.tolist(),
@@ -316,12 +319,14 @@ class ShardTarget:
 def write_shard(rows: list[dict], shard: int, cfg: ShardConfig, target: ShardTarget) -> dict:
     """Read, encode and stream the listing ``rows`` of one shard into ``<split>-<shard>.tar``.
 
-    Returns ``{"name", "count", "classes", "bytes", "sha256", "clipped", "rejects": [{"key", "path",
-    "reason"}]}``. A shard whose every sample is rejected writes no file (``count`` 0).
+    Returns ``{"name", "count", "classes", "masks", "bytes", "sha256", "clipped", "rejects": [{"key",
+    "path", "reason"}]}`` (``masks``: samples stored with a ground-truth mask). A shard whose every
+    sample is rejected writes no file (``count`` 0).
     """
     name = f"{target.split}-{shard:06d}.tar"
     url = f"{target.url}/{name}"
-    entry = {"name": name, "count": 0, "classes": 0, "bytes": 0, "sha256": "", "clipped": 0, "rejects": []}
+    entry = {"name": name, "count": 0, "classes": 0, "masks": 0, "bytes": 0, "sha256": "", "clipped": 0,
+             "rejects": []}
     labels: set[int] = set()
     with contextlib.ExitStack() as opened:
         tar = None
@@ -336,6 +341,7 @@ def write_shard(rows: list[dict], shard: int, cfg: ShardConfig, target: ShardTar
                     tar = TarStream(stream)
                 tar.add(row["__key__"], members)
             entry["count"] += 1
+            entry["masks"] += "mask.png" in members
             entry["clipped"] += clipped
             labels.add(int(row["label"]))
         if tar is not None:
@@ -456,11 +462,12 @@ def code_version() -> str:
     return f"bgwsol {__version__}"
 
 
-def dataset_listings(dataset: str, root: str, val_fraction: float) -> tuple[list[SplitListing], list[str], list[str]]:
+def dataset_listings(dataset: str, root: str, val_fraction: float, eval_root: str = ""
+                     ) -> tuple[list[SplitListing], list[str], list[str]]:
     """``train`` / ``val`` / ``test`` listings of a dataset in its own layout (``ilsvrc``, ``cub``, or
     ``folder``: class folders with VOC / COCO boxes, :mod:`bgwsol.data.sources.folder`, where
-    ``val_fraction`` is the validation share of the boxed images and the rest is test), plus
-    the classes and their names.
+    ``val_fraction`` is the validation share of the boxed images and the rest is test, or
+    ``eval_root`` is a second tree whose boxed images are test), plus the classes and their names.
 
     Validation is carved from the labelled train images exactly as in local training
     (:func:`bgwsol.data.sources.splits.hold_out`), so a shard set and a folder give the same splits.
@@ -470,13 +477,18 @@ def dataset_listings(dataset: str, root: str, val_fraction: float) -> tuple[list
     if dataset == "folder":  # boxes only where the user drew them: those images are validation and test
         from bgwsol.data.sources.folder import read_folder
 
-        train, val, test, classes, found = read_folder(root, val_fraction)
-        log.info("%s: %d images in %d class folders; %d with %d boxes of their class (%d validation, %d test); "
+        train, val, test, classes, found = read_folder(root, val_fraction, eval_root or None)
+        log.info("%s: %d images in %d class folders; %d with %d boxes of their class (%d validation, %d test%s); "
                  "%d boxes of other classes ignored", root, found.images, len(classes), found.boxed_images,
-                 found.boxes, len(val), len(test), found.other_class_boxes)
+                 found.boxes, len(val), len(test), f" from {eval_root}" if eval_root else "", found.other_class_boxes)
+        if found.eval_unboxed or found.eval_also_in_train:
+            log.warning("%s: %d images without a box of their class are not used; %d have an id the training tree "
+                        "has too", eval_root, found.eval_unboxed, found.eval_also_in_train)
         return ([SplitListing("train", listing_rows(train, classes), found.to_json()),
                  SplitListing("val", listing_rows(val, classes)), SplitListing("test", listing_rows(test, classes))],
                 classes, list(classes))
+    if eval_root:
+        raise ValueError(f"eval_root is for the folder layout, not {dataset!r}")
     train, test, classes, names = read_dataset(dataset, root)
     train, val = hold_out(train, val_fraction)
     return ([SplitListing("train", listing_rows(train, classes)), SplitListing("val", listing_rows(val, classes)),
@@ -545,7 +557,14 @@ def _write_and_commit(splits: list[SplitListing], loc: Location, *, dataset: str
             rejects += [{"split": listing.name, **x} for x in r["rejects"]]
             clipped += r["clipped"]
         kept = [{k: r[k] for k in ("name", "count", "classes", "bytes", "sha256")} for r in results if r["count"]]
-        manifest["splits"][listing.name] = {"count": sum(r["count"] for r in kept), "shards": kept}
+        split = {"count": sum(r["count"] for r in kept), "shards": kept}
+        masks = sum(r["masks"] for r in results)
+        if masks:  # PxAP needs a mask for every image of the split: say when some are missing
+            split["masks"] = masks
+            if masks < split["count"]:
+                log.warning("%s: %d of %d samples have a ground-truth mask; PxAP needs one for every image and is "
+                            "not computed on this split", listing.name, masks, split["count"])
+        manifest["splits"][listing.name] = split
     wanted = {s["name"] for sp in manifest["splits"].values() for s in sp["shards"]}
     for name in loc.list_names():
         if name.endswith(".tar") and name not in wanted:

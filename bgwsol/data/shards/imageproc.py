@@ -59,6 +59,14 @@ def scale_boxes(boxes: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -
     return out.astype(np.int64)
 
 
+def object_pixels(mask: Image.Image) -> np.ndarray:
+    """Bool (H, W): the object's pixels of a ground-truth mask. A 0/1 map: nonzero. A 0-255 map
+    (CUB's soft masks: the share of annotators who marked the pixel; 0/255 binary maps): at
+    least 128, a majority of CUB's annotators."""
+    gray = np.asarray(mask.convert("L"))
+    return gray > 0 if gray.max(initial=0) <= 1 else gray >= 128
+
+
 def process_image(data: bytes, boxes: np.ndarray | None = None, *, max_short_side: int = 320,
                   jpeg_quality: int = 90, mask: bytes | None = None) -> ProcessedImage:
     """Decode ``data``, shrink it so the shorter side is at most ``max_short_side``, re-encode JPEG.
@@ -66,7 +74,8 @@ def process_image(data: bytes, boxes: np.ndarray | None = None, *, max_short_sid
     ``boxes`` (inclusive corners in the original image) that reach past the edge are clipped
     (:func:`~bgwsol.data.sources.records.fit_boxes`); an inverted, empty or far-outside box raises
     RejectedImage.
-    ``mask`` (PNG/any image bytes, nonzero = object) is resized with nearest neighbour.
+    ``mask`` (PNG/any image bytes; :func:`object_pixels` says which pixels are the object) is
+    stored as 0/255 and resized with nearest neighbour; one whose size is not the image's is rejected.
     """
     im, orig = decode_rgb(data, max_short_side)
     boxes = np.zeros((0, 4), np.int64) if boxes is None else np.asarray(boxes, np.int64).reshape(-1, 4)
@@ -85,10 +94,11 @@ def process_image(data: bytes, boxes: np.ndarray | None = None, *, max_short_sid
             m = Image.open(io.BytesIO(mask))
             m.load()
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise RejectedImage(f"cannot decode the mask: {exc}") from None
+            raise RejectedImage(f"cannot decode the mask: {exc}", about_mask=True) from None
         if m.size != orig:
-            raise RejectedImage(f"mask is {m.size[0]}x{m.size[1]} but the image is {orig[0]}x{orig[1]}")
-        m = Image.fromarray((np.asarray(m.convert("L")) > 0).astype(np.uint8) * 255).resize(size, Image.NEAREST)
+            raise RejectedImage(f"mask is {m.size[0]}x{m.size[1]} but the image is {orig[0]}x{orig[1]}",
+                                about_mask=True)
+        m = Image.fromarray(object_pixels(m).astype(np.uint8) * 255).resize(size, Image.NEAREST)
         mbuf = io.BytesIO()
         m.save(mbuf, format="PNG", optimize=False)
         mask_png = mbuf.getvalue()

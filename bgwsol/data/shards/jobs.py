@@ -17,11 +17,30 @@ from bgwsol.data.storage import Location
 log = logging.getLogger(__name__)
 
 
-def dataset_source_problems(dataset: str, source: str) -> list[str]:
-    """The folder layout has no embedded synthetic default: it needs ``--source``."""
+EVAL_SOURCE_HELP = ("folder layout only: a second class-folder tree whose boxed images are the test split (the "
+                    "boxed images under --source are then validation); empty: both from --source by "
+                    "--etl.val_fraction")
+
+
+def dataset_source_problems(dataset: str, source: str, eval_source: str = "") -> list[str]:
+    """A local ``--source`` / ``--eval_source`` that does not exist; the folder layout has no embedded
+    synthetic default (it needs ``--source``) and is the only one with an evaluation tree."""
+    from bgwsol.errors import path_problem
+
+    out = [p for p in (path_problem("--source", source), path_problem("--eval_source", eval_source)) if p]
     if dataset == "folder" and not source:
-        return ["--source: the folder layout has no embedded default; give the folder that holds one folder per class"]
-    return []
+        out.append("--source: the folder layout has no embedded default; give the folder that holds one folder per "
+                   "class")
+    if eval_source and dataset != "folder":
+        out.append(f"--eval_source: only the folder layout takes a separate evaluation tree (--dataset is {dataset}; "
+                   "its layout has its own test split)")
+    return out
+
+
+def source_label(source: str, eval_source: str = "") -> str:
+    """What a manifest records as its ``source`` (and a rerun compares): the URL, and the evaluation tree's."""
+    url = Location.parse(source).url
+    return f"{url} (test: {Location.parse(eval_source).url})" if eval_source else url
 
 
 @dataclass
@@ -34,6 +53,7 @@ class DataSources:
                   "or COCO JSON for the validation and test images)")
     source: str = option("", "dataset root in its own layout, a folder or s3://bucket/prefix; empty: the embedded "
                              "synthetic dataset of that layout")
+    eval_source: str = option("", EVAL_SOURCE_HELP)
     background: str = option("", "background image folder (local or s3://bucket/prefix); empty: the synthetic "
                                  "background set")
     shards_dir: str = option("data/shards", "where shards go (local folder or s3://bucket/prefix): <dataset>/ and "
@@ -50,6 +70,7 @@ class DatasetShardJob:
     source: str = option("", "dataset root, a folder or s3://bucket/prefix (ILSVRC: the folder with LOC_*.csv "
                              "and Data/; CUB: CUB_200_2011/); "
                              "empty: generate the synthetic dataset under data/synthetic")
+    eval_source: str = option("", EVAL_SOURCE_HELP)
     output: str = option("data/shards/ilsvrc", "s3://bucket/prefix or a local folder for shards + manifest.json")
     log_dir: str = option("logs", "local folder for this job's log file (Ray Data's own output goes there)")
     verbose: bool = option(False, "show Ray Data's own output on the console too")
@@ -94,20 +115,21 @@ def shard_or_reuse(make_listings, url: str, dataset: str, etl: ShardConfig, sour
     return write_shard_set(listings, url, dataset=dataset, classes=classes, class_names=names, cfg=etl, source=source)
 
 
-def shard_sources(dataset: str, source: str, background: str, shards_dir: str, etl: ShardConfig) -> tuple[str, str]:
-    """Shard a dataset and a background folder under ``shards_dir`` (``<dataset>/`` and
+def shard_sources(sources: DataSources, etl: ShardConfig) -> tuple[str, str]:
+    """Shard a dataset and a background folder under ``sources.shards_dir`` (``<dataset>/`` and
     ``background/``), or reuse what is committed there; returns the two shard-set URLs. An
     empty ``source`` is the embedded synthetic dataset of that layout (and its background set
     when ``background`` is empty too). Needs Ray (the ETL is Ray Data)."""
     from bgwsol.data.sources.background import read_background_folder
 
+    dataset, source, background = sources.dataset, sources.source, sources.background
     if not source:
         paths = _synthetic()
         source = str(paths.cub if dataset == "cub" else paths.ilsvrc)
         background = background or str(paths.background)
-    root = Location.parse(shards_dir)
-    data = shard_or_reuse(lambda: dataset_listings(dataset, source, etl.val_fraction), root.join(dataset).url, dataset,
-                          etl, Location.parse(source).url)
+    root = Location.parse(sources.shards_dir)
+    data = shard_or_reuse(lambda: dataset_listings(dataset, source, etl.val_fraction, sources.eval_source),
+                          root.join(dataset).url, dataset, etl, source_label(source, sources.eval_source))
     bg = shard_or_reuse(
         lambda: ([SplitListing("background", listing_rows(read_background_folder(background), []))], [], None),
         root.join("background").url, "background", etl, Location.parse(background).url)
@@ -122,10 +144,10 @@ def _synthetic():
 
 def run_dataset_job(job: DatasetShardJob) -> ShardSet:
     source = job.source or str(getattr(_synthetic(), job.dataset))
-    listings, classes, names = dataset_listings(job.dataset, source, job.etl.val_fraction)
+    listings, classes, names = dataset_listings(job.dataset, source, job.etl.val_fraction, job.eval_source)
     init_ray(job.ray)
     return write_shard_set(listings, job.output, dataset=job.dataset, classes=classes, class_names=names, cfg=job.etl,
-                           source=Location.parse(source).url)
+                           source=source_label(source, job.eval_source))
 
 
 def run_background_job(job: BackgroundShardJob, show_progress: bool = True) -> ShardSet:
@@ -158,7 +180,9 @@ def summary(shards: ShardSet) -> str:
     for split in shards.splits:
         sh = shards.shards(split)
         lines.append(f"  {split:<10} {shards.count(split):>9} samples in {len(sh):>5} shards "
-                     f"({sum(s['bytes'] for s in sh) / 2**20:.1f} MiB)")
+                     f"({sum(s['bytes'] for s in sh) / 2**20:.1f} MiB"
+                     + (f"; {m['splits'][split]['masks']} with masks" if m["splits"][split].get("masks") else "")
+                     + ")")
     rej = m["rejects"]
     lines.append(f"  rejected   {rej['count']:>9}" + (f"  ({', '.join(f'{k}: {v}' for k, v in rej['by_reason'].items())}; "
                                                       f"see {shards.location.join(rej['report']).url})" if rej["count"] else ""))
@@ -195,13 +219,10 @@ def shard_job_problems(job: DatasetShardJob | BackgroundShardJob) -> list[str]:
     local ``--source`` that must exist (a URL list to crawl is a file; ``s3://`` is checked when read)."""
     from bgwsol.data.shards.etl import shard_config_problems
 
-    from bgwsol.errors import path_problem
-
-    missing = path_problem("--source", job.source)
-    problems = ([missing] if missing else []) + shard_config_problems(job.etl)
+    problems = dataset_source_problems(getattr(job, "dataset", ""), job.source, getattr(job, "eval_source", ""))
+    problems += shard_config_problems(job.etl)
     if not job.output:
         problems.append("--output: give a folder or s3://bucket/prefix for the shards")
-    problems += dataset_source_problems(getattr(job, "dataset", ""), job.source)
     crawl = getattr(job, "crawl", None)
     if crawl is not None and crawl.retries < 1:
         problems.append(f"--crawl.retries {crawl.retries}: attempts per URL, must be >= 1 (1: no retry)")

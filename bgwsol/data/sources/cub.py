@@ -7,10 +7,18 @@ is known (:func:`bgwsol.data.sources.records.fit_boxes`). A row that cannot be o
 non-numeric or empty box, an image that is not there) becomes a sample with ``problem`` set,
 for the rejects report; a file that breaks the layout raises :class:`DatasetFormatError`.
 Splits: ``train`` and ``test`` from ``train_test_split.txt``.
+
+Masks (for PxAP): ``segmentations/<class>/<image>.png``, the layout CUB-200-2011's own
+segmentation download unpacks to, or ``masks/`` (the same tree under another name, for sets
+already made that way; ``segmentations/`` wins where both hold a file). A mask is matched to
+its image by relative path with ``.png``. CUB's masks are soft (the share of annotators who
+marked the pixel, 0-255); the ETL cuts them at 128 (:func:`bgwsol.data.shards.imageproc.process_image`).
+A mask folder with files that match no image is logged in one line.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +26,9 @@ import numpy as np
 
 from bgwsol.data.sources.records import DatasetFormatError, Sample
 from bgwsol.data.sources.source_tree import SourceTree
+
+log = logging.getLogger(__name__)
+MASK_DIRS = ("segmentations", "masks")  # the official name first
 
 
 def _read_table(tree: SourceTree, name: str, ncols: int) -> dict[int, tuple[list[str], int]]:
@@ -51,7 +62,8 @@ def read_cub(root: str | Path | SourceTree, split: str) -> tuple[list[Sample], l
     labels = _read_table(tree, "image_class_labels.txt", 2)
     splits = _read_table(tree, "train_test_split.txt", 2)
     boxes = _read_table(tree, "bounding_boxes.txt", 5)
-    present, masks = set(tree.files("images")), set(tree.files("masks"))
+    present = set(tree.files("images"))
+    masks = {rel: f"{d}/{rel}" for d in reversed(MASK_DIRS) for rel in tree.files(d) if rel.lower().endswith(".png")}
     want = 1 if split == "train" else 0
     samples: list[Sample] = []
     for image_id, (fields, lineno) in sorted(images.items()):
@@ -81,8 +93,15 @@ def read_cub(root: str | Path | SourceTree, split: str) -> tuple[list[Sample], l
             problem = f"{tree.where('images.txt')}:{lineno}: image {tree.where('images/' + rel)} not found"
         mask = os.path.splitext(rel)[0] + ".png"
         samples.append(Sample(rel, tree.path(f"images/{rel}"), label, box,
-                              mask_path=tree.path(f"masks/{mask}") if mask in masks else None, source="cub",
+                              mask_path=tree.path(masks[mask]) if mask in masks else None, source="cub",
                               problem=problem))
     if not samples:
         raise DatasetFormatError(f"{tree.url}: no images in split {split!r}")
+    if masks and split == "train":  # said once per source, not per split
+        wanted = {os.path.splitext(fields[0])[0] + ".png" for fields, _ in images.values()}
+        if not wanted & set(masks):
+            first = sorted(masks)[0]
+            log.warning("%s: %d mask files match no image in images.txt (e.g. %s); expected "
+                        "segmentations/<class>/<image>.png beside images/<class>/<image>.jpg: no PxAP",
+                        tree.where(masks[first].split("/")[0]), len(masks), tree.where(masks[first]))
     return samples, class_names

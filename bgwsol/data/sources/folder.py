@@ -10,7 +10,10 @@ Layout (a local folder or an ``s3://`` prefix)::
     root/annotations.json               one COCO JSON file (CVAT, Label Studio, Roboflow "COCO")
 
 Splits: images with at least one box of their own class form the evaluation pool, divided by
-the SHA-1 of their image id: a ``val_fraction`` share is validation, the rest test. Every other image trains, without boxes.
+the SHA-1 of their image id: a ``val_fraction`` share is validation, the rest test. Every other
+image trains, without boxes. A separate evaluation tree in the same layout (``eval_root``,
+``--eval_source``: a test set labelled apart) gives the split instead: its boxed images are
+test, and the boxed images of the training tree are validation.
 An image keeps every box of its class (MaxBoxAcc takes the best match); boxes of other
 classes (a person holding the fruit) are ignored and counted.
 
@@ -64,6 +67,9 @@ class FolderCounts:
     size_mismatches: int = 0            # XML <size> differs from the image: the image wins
     filename_mismatches: int = 0        # XML <filename> names another file
     unknown_categories: Counter = field(default_factory=Counter)  # COCO category -> boxes ignored
+    eval_images: int = 0                # --eval_source: images in the evaluation tree
+    eval_unboxed: int = 0               # ... of them without a box of their class (not used)
+    eval_also_in_train: int = 0         # ... of them with an id (<class>/<file>) that the training tree has too
 
     def to_json(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "unknown_categories"}
@@ -162,15 +168,57 @@ def _real_size(path) -> tuple[int, int] | None:
         return None
 
 
-def read_folder(root: str | Path | SourceTree, val_fraction: float = 0.5
+def read_folder(root: str | Path | SourceTree, val_fraction: float = 0.5,
+                eval_root: str | Path | SourceTree | None = None
                 ) -> tuple[list[Sample], list[Sample], list[Sample], list[str], FolderCounts]:
     """``(train, val, test, classes, counts)`` of a class-folder tree (module docstring).
 
+    With ``eval_root`` (a second tree in the same layout, ``--eval_source``) the split is given
+    instead of drawn: every boxed image of ``eval_root`` is test, every boxed image of ``root``
+    is validation, and ``val_fraction`` is not used. Images of ``eval_root`` without a box of
+    their class are not used (counted).
+
     Raises :class:`DatasetFormatError` in one line for what the user got wrong: no class
     folders (``root`` pointing at one class folder or at the parent of the dataset), images
-    directly under ``root``, or no image with a box of its class (nothing to choose thresholds on).
+    directly under ``root``, no image with a box of its class (nothing to choose thresholds on),
+    or an evaluation tree with a class folder that ``root`` does not have.
     """
     tree = SourceTree(root)
+    listed = _class_images(tree)
+    classes = sorted(listed[0])
+    if len(classes) < 2:
+        raise DatasetFormatError(f"{tree.url}: one class folder ({classes[0]}): a classifier needs at least two "
+                                 "(is --source one class folder instead of their parent?)")
+    counts = FolderCounts()
+    train, boxed = _label(tree, listed, classes, counts)
+    counts.images, counts.boxed_images = len(train) + len(boxed), len(boxed)
+    if eval_root is None:
+        val = [s for s in boxed if in_eval_pool(s.image_id, val_fraction) == "val"]
+        test = [s for s in boxed if in_eval_pool(s.image_id, val_fraction) == "test"]
+        if not boxed:
+            raise DatasetFormatError(f"{tree.url}: no image has a box of its own class (VOC XML beside the images or "
+                                     f"under {ANNOTATIONS_DIR}/, or {COCO_FILE}): nothing to validate and test on")
+        return train, val, test, classes, counts
+    eval_tree = SourceTree(eval_root)
+    eval_listed = _class_images(eval_tree)
+    unknown = sorted(set(eval_listed[0]) - set(classes))
+    if unknown:
+        raise DatasetFormatError(f"{eval_tree.where(unknown[0])}: a class folder that {tree.url} does not have "
+                                 f"({len(unknown)} such: {', '.join(unknown[:3])}); the classes are the training "
+                                 "tree's folders")
+    unboxed, test = _label(eval_tree, eval_listed, classes, counts)
+    counts.eval_images, counts.eval_unboxed = len(unboxed) + len(test), len(unboxed)
+    counts.eval_also_in_train = len({s.image_id for s in test} & {s.image_id for s in train + boxed})
+    if not boxed:
+        raise DatasetFormatError(f"{tree.url}: no image has a box of its own class; with --eval_source those are the "
+                                 "validation split (thresholds are chosen on it, never on the test split)")
+    if not test:
+        raise DatasetFormatError(f"{eval_tree.url}: no image has a box of its own class: nothing to test on")
+    return train, boxed, test, classes, counts
+
+
+def _class_images(tree: SourceTree) -> tuple[dict[str, list[str]], list[str]]:
+    """``({class folder: [<class>/<image>, ...]}, every file)`` of a tree; one-line errors for a wrong root."""
     if not tree.exists():
         raise DatasetFormatError(f"{tree.url}: no such folder")
     files = tree.files("")
@@ -193,30 +241,32 @@ def read_folder(root: str | Path | SourceTree, val_fraction: float = 0.5
         hint = (f"; the images are one level deeper, under {', '.join(deeper[:3])}: point --source there"
                 if deeper else "")
         raise DatasetFormatError(f"{tree.url}: no class folders with images (expected <class>/<image>){hint}")
-    classes = sorted(images)
-    if len(classes) < 2:
-        raise DatasetFormatError(f"{tree.url}: one class folder ({classes[0]}): a classifier needs at least two "
-                                 "(is --source one class folder instead of their parent?)")
-    counts = FolderCounts()
+    return images, files
+
+
+def _label(tree: SourceTree, listed: tuple[dict[str, list[str]], list[str]], classes: list[str],
+           counts: FolderCounts) -> tuple[list[Sample], list[Sample]]:
+    """``(unboxed, boxed)`` samples of a tree's images (``listed``: :func:`_class_images`); boxed
+    ones carry every box of their class."""
+    images, files = listed
     annotations = _annotations(tree, files, classes, counts)
     label = {c: i for i, c in enumerate(classes)}
-    train, val, test = [], [], []
-    for cls in classes:
+    unboxed, boxed = [], []
+    for cls in sorted(images):
         for rel in images[cls]:
-            counts.images += 1
             stem = os.path.splitext(rel)[0]
             name = rel.split("/")[1]
             ann = annotations.get(rel) or annotations.get(stem) or annotations.get(name) or \
                 annotations.get(os.path.splitext(name)[0])
             path = tree.path(rel)
             if ann is None or ann.problem:
-                train.append(Sample(rel, path, label[cls], source="folder", problem=ann.problem if ann else ""))
+                unboxed.append(Sample(rel, path, label[cls], source="folder", problem=ann.problem if ann else ""))
                 continue
             own = [corners for box_class, corners in ann.boxes if box_class == cls]
             counts.other_class_boxes += len(ann.boxes) - len(own)
             if not own:
                 counts.boxed_only_other_classes += bool(ann.boxes)
-                train.append(Sample(rel, path, label[cls], source="folder"))
+                unboxed.append(Sample(rel, path, label[cls], source="folder"))
                 continue
             if ann.filename and ann.filename not in (name, rel) and os.path.splitext(ann.filename)[0] != \
                     os.path.splitext(name)[0]:
@@ -224,15 +274,10 @@ def read_folder(root: str | Path | SourceTree, val_fraction: float = 0.5
             real = _real_size(path)
             if real is not None and ann.size is not None and real != ann.size:
                 counts.size_mismatches += 1
-            sample = Sample(rel, path, label[cls], np.array(own, dtype=np.int64).reshape(-1, 4), size=real or (0, 0),
-                            source="folder")
-            counts.boxed_images += 1
+            boxed.append(Sample(rel, path, label[cls], np.array(own, dtype=np.int64).reshape(-1, 4),
+                                size=real or (0, 0), source="folder"))
             counts.boxes += len(own)
-            (val if in_eval_pool(rel, val_fraction) == "val" else test).append(sample)
-    if not val and not test:
-        raise DatasetFormatError(f"{tree.url}: no image has a box of its own class (VOC XML beside the images or "
-                                 f"under {ANNOTATIONS_DIR}/, or {COCO_FILE}): nothing to validate and test on")
-    return train, val, test, classes, counts
+    return unboxed, boxed
 
 
 def _annotations(tree: SourceTree, files: list[str], classes: list[str], counts: FolderCounts
