@@ -97,7 +97,7 @@ def part_listing(args) -> None:
     counts = {name: sum(len(s) for s in v) for name, v in shards.items()}
     print(f"tree of {args.classes} x {args.per_class} train + {args.val} val images "
           f"({'made' if made > 1 else 'reused'} in {made:.0f} s)")
-    print(f"| step | wall | peak RSS of the process |\n|---|---|---|")
+    print("| step | wall | peak RSS of the process |\n|---|---|---|")
     print(f"| read the layout, hold out validation, listing rows ({sum(counts.values()):,} rows: "
           f"{', '.join(f'{k} {v:,}' for k, v in counts.items())}) | {t_list:.1f} s | {rss_list:,.0f} MiB "
           f"(from {rss0:,.0f}) |")
@@ -109,7 +109,6 @@ def part_plan(args) -> None:
     """Stat ``--shards`` shards on a moto S3 server, one at a time vs in parallel."""
     import boto3
 
-    from bgwsol.data.shards import shardset
     from bgwsol.data.shards.shardset import FORMAT, MANIFEST_NAME, ShardSet, manifest_bytes
 
     port = 5600 + os.getpid() % 300
@@ -229,7 +228,7 @@ def part_etl(args) -> None:
     ray.shutdown()
     print(f"sources: {args.etl_images:,} JPEGs of 160x120 in {args.classes} classes (made in {made:.0f} s); "
           f"{cpus} Ray CPUs, {args.per_shard} samples per shard")
-    print(f"| images | wall | images/s | per core |\n|---|---|---|---|")
+    print("| images | wall | images/s | per core |\n|---|---|---|---|")
     print(f"| {args.etl_images:,} | {secs:.0f} s | {args.etl_images / secs:,.0f} | {args.etl_images / secs / cpus:,.0f} |")
 
 

@@ -35,35 +35,32 @@ from __future__ import annotations
 import sys
 
 from bgwsol.errors import run_entry_point
-from bgwsol.config import add_config_args, config_from_args
 from bgwsol.workflows.compare import CompareConfig
 
 DEFAULTS = CompareConfig()
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import time
+    from pathlib import Path
 
-    from bgwsol.errors import report_problems
+    from bgwsol.flow import parse_job, run_job
     from bgwsol.workflows.preflight import compare_problems
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, CompareConfig, DEFAULTS)
-    job = config_from_args(CompareConfig, parser.parse_args(argv), DEFAULTS)
-    problems = compare_problems(job)
-    if problems:
-        return report_problems(problems)
-    from bgwsol import console
+    job, _ = parse_job(CompareConfig, DEFAULTS, __doc__, argv)
+    return run_job(job, compare_problems(job), run_comparison, log_dir=Path(job.output_dir) / "logs", name="compare",
+                   verbose=job.verbose)
+
+
+def run_comparison(job: CompareConfig) -> str:
+    import time
+
     from bgwsol.workflows.compare import compare, outputs_text  # pulls in torch and Ray
 
-    console.log_to(job.output_dir, "compare", verbose=job.verbose)
     t0 = time.time()
     comparison = compare(job)
-    console.emit(f"\nTest split, {len(job.seeds)} seed(s), checkpoints and thresholds chosen on validation "
-                 f"({time.time() - t0:.0f} s):\n\n{comparison.markdown()}\n"
-                 f"{outputs_text(job.output_dir, list(comparison.results), job.seeds[0])}")
-    return 0
+    return (f"\nTest split, {len(job.seeds)} seed(s), checkpoints and thresholds chosen on validation "
+            f"({time.time() - t0:.0f} s):\n\n{comparison.markdown()}\n"
+            f"{outputs_text(job.output_dir, list(comparison.results), job.seeds[0])}")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ validation threshold, and ``champion`` moves to it only if it beats the current 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 
-from bgwsol.config import RunConfig, add_config_args, config_from_args, option
+from bgwsol.config import RunConfig, option
 from bgwsol.training.distributed import ClusterConfig
 from bgwsol.tracking.runs import TrackingConfig
 from bgwsol.training.tune import SearchConfig
@@ -35,42 +34,50 @@ class TuneJob:
     search: SearchConfig = field(default_factory=SearchConfig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, TuneJob, TuneJob())
-    job = config_from_args(TuneJob, parser.parse_args(argv), TuneJob())
-    if not job.shards or not job.background_shards:
-        parser.error("--shards and --background_shards are required (flows/shard_ilsvrc.py, flows/shard_background.py)")
-    from bgwsol.errors import report_problems
+def tune_problems(job: TuneJob) -> list[str]:
     from bgwsol.workflows.preflight import cluster_problems, run_config_problems, search_problems
 
-    problems = (run_config_problems(job.run, "run.") + cluster_problems(job.cluster, job.run.train.batch_size)
-                + search_problems(job.search))
-    if problems:
-        return report_problems(problems)
+    problems = [] if job.shards and job.background_shards else [
+        "--shards and --background_shards are required (flows/shard_ilsvrc.py, flows/shard_background.py write them)"]
+    return (problems + run_config_problems(job.run, "run.") + cluster_problems(job.cluster, job.run.train.batch_size)
+            + search_problems(job.search))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bgwsol.flow import parse_job, run_job
+
+    job, _ = parse_job(TuneJob, TuneJob(), __doc__, argv)
+    return run_job(job, tune_problems(job), run_tune, log_dir=None, name="tune")
+
+
+def run_tune(job: TuneJob) -> str:
     from bgwsol.ray_init import RayConfig, init_ray
     from bgwsol.training.cluster_resources import ResourceWatch
-    from bgwsol.training.distributed import best_checkpoint
+    from bgwsol.training.distributed import best_checkpoint, evaluate
     from bgwsol.tracking.model_registry import log_and_register
     from bgwsol.tracking.runs import resolve_uri
-    from bgwsol.data.plan import RunData
+    from bgwsol.data.plan import RunData, plan_data
     from bgwsol.training.tune import run_search
 
     init_ray(RayConfig())
+    data = RunData(job.shards, job.background_shards)
     with ResourceWatch(job.cluster.resource_wait_s):  # says what the search waits for; stops it after the bound
-        outcome = run_search(job.run, RunData(job.shards, job.background_shards), job.cluster, job.tracking,
-                             job.search, name="tune-bgwsol")
-    print(f"best trial {outcome.best_metrics['trial_id']}: {outcome.best_params}")
-    print(f"  {job.search.metric} = {outcome.best_metrics.get(job.search.metric)}; "
-          f"{outcome.num_stopped_early} of {outcome.num_trials} trials stopped early by ASHA")
-    if resolve_uri(job.tracking):
+        outcome = run_search(job.run, data, job.cluster, job.tracking, job.search, name="tune-bgwsol")
+        lines = [f"best trial {outcome.best_metrics['trial_id']}: {outcome.best_params}",
+                 f"  {job.search.metric} = {outcome.best_metrics.get(job.search.metric)}; "
+                 f"{outcome.num_stopped_early} of {outcome.num_trials} trials stopped early by ASHA"]
+        if not resolve_uri(job.tracking):
+            return "\n".join(lines)
         state, metrics = best_checkpoint(outcome.best_run())
-        reg = log_and_register(state, tracking_uri=resolve_uri(job.tracking), run_id=state["mlflow_run_id"],
-                               name=job.model_name, metric=metrics["score"],
-                               taus={iou: metrics[f"val_tau{iou}"] for iou in job.run.eval.iou_thresholds})
-        print(f"registered {reg.name} version {reg.version}" + (" (now champion)" if reg.champion else
-                                                                 " (champion unchanged: not better)"))
-    return 0
+        # scored as the main job scores it: thresholds chosen on validation by the evaluation stage
+        final = evaluate(state, plan_data(data, False), job.cluster)
+    reg = log_and_register(state, tracking_uri=resolve_uri(job.tracking), run_id=state["mlflow_run_id"],
+                           name=job.model_name, metric=metrics["score"], taus=final.taus["main"])
+    lines.append(f"  test MaxBoxAccV2 {final.test['main'].get('maxboxacc_v2', float('nan')):.1f} at the thresholds "
+                 "chosen on validation")
+    lines.append(f"registered {reg.name} version {reg.version}" + (" (now champion)" if reg.champion else
+                                                                   " (champion unchanged: not better)"))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from bgwsol.evaluation.metrics import BoxAccumulator, ClassificationAccumulator, PxAPAccumulator, cam_thresholds
 
@@ -77,3 +78,57 @@ def test_classification_accumulator():
     hit1, hit5 = acc.accumulate(logits, np.array([0, 1]))
     assert hit1.tolist() == [True, False] and hit5.tolist() == [True, True]
     assert acc.compute() == {"top1_cls": 50.0, "top5_cls": 100.0}
+
+
+class _Maps(torch.nn.Module):
+    """A stand-in model for the evaluator: a map and logits from each image's own pixels."""
+
+    def forward(self, images):
+        maps = images[:, 0, ::4, ::4]
+        return {"logits": images.mean(dim=(2, 3)), "maps": maps}
+
+
+class _Variant:
+    def __init__(self, power: float):
+        self.power = power
+
+    def scoremaps(self, outputs, labels):
+        return outputs["maps"] ** self.power
+
+
+def _batches(n: int, size: int = 32):
+    g = torch.Generator().manual_seed(0)
+    for b in range(n):
+        images = torch.rand(4, 3, size, size, generator=g)
+        yield {"image": images, "label": [b % 3, 1, 2, 0], "key": [f"{b}-{j}" for j in range(4)],
+               "boxes": [[[4, 4, 20, 24]], [[0, 0, 31, 31]], [[10, 2, 30, 12]], [[3, 3, 8, 8], [20, 20, 30, 30]]],
+               "size": [(size, size)] * 4, "mask": [None] * 4}
+
+
+def test_box_search_beside_the_model_gives_the_same_numbers():
+    from bgwsol.config import EvalConfig
+    from bgwsol.evaluation.evaluator import evaluate
+
+    cfg = EvalConfig(cam_curve_interval=0.05, scoremap_size=32)
+    variants = {"a": _Variant(1.0), "b": _Variant(3.0)}
+    inline = evaluate(_Maps(), variants, _batches(7), cfg, overlap=False)
+    beside = evaluate(_Maps(), variants, _batches(7), cfg, overlap=True)
+    for name in variants:
+        assert beside[name].boxes.count == inline[name].boxes.count == 28
+        assert beside[name].summary() == inline[name].summary()
+        assert beside[name].boxes.class_count == inline[name].boxes.class_count
+
+
+def test_a_failure_in_the_box_search_reaches_the_caller():
+    from bgwsol.config import EvalConfig
+    from bgwsol.evaluation.evaluator import evaluate
+
+    def broken():
+        yield from _batches(2)
+        batch = next(_batches(1))
+        batch["boxes"] = [[[1, 2]]] * 4  # not a box
+        yield batch
+        yield from _batches(2)
+
+    with pytest.raises(ValueError):
+        evaluate(_Maps(), {"a": _Variant(1.0)}, broken(), EvalConfig(cam_curve_interval=0.05, scoremap_size=32))

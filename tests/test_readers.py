@@ -8,7 +8,7 @@ from bgwsol.data.sources.background import read_background_folder
 from bgwsol.data.sources.cub import read_cub
 from bgwsol.data.sources.ilsvrc import read_ilsvrc
 from bgwsol.data.sources.records import DatasetFormatError
-from bgwsol.data.sources.splits import hold_out, load_splits, with_sizes
+from bgwsol.data.sources.splits import hold_out
 from bgwsol.data.sources.wsol_metadata import read_wsol_metadata, write_wsol_metadata
 
 
@@ -41,18 +41,21 @@ def test_cub_boxes_are_x_y_w_h(tiny_synthetic):
 
 
 def test_splits_are_disjoint_and_deterministic(tiny_synthetic):
+    from bgwsol.data.shards.etl import dataset_listings
+
     paths, _ = tiny_synthetic
-    a = load_splits("ilsvrc", paths.ilsvrc, paths.background, 0.3)
-    b = load_splits("ilsvrc", paths.ilsvrc, paths.background, 0.3)
-    assert [s.image_id for s in a.val] == [s.image_id for s in b.val]
-    assert a.val and not {s.image_id for s in a.val} & {s.image_id for s in a.train}
-    assert all(s.size[0] > 0 for s in a.val + a.test)
-    assert len(a.background) == 12 and all(s.label == -1 for s in a.background)
+    a = {x.name: [r["__key__"] for r in x.rows] for x in dataset_listings("ilsvrc", str(paths.ilsvrc), 0.3)[0]}
+    b = {x.name: [r["__key__"] for r in x.rows] for x in dataset_listings("ilsvrc", str(paths.ilsvrc), 0.3)[0]}
+    assert a == b and a["val"] and not set(a["val"]) & set(a["train"])
 
 
 def test_metadata_round_trip(tiny_synthetic, tmp_path):
+    import dataclasses
+
+    from PIL import Image
+
     paths, _ = tiny_synthetic
-    test = with_sizes(read_ilsvrc(paths.ilsvrc, "test")[0]).samples
+    test = [dataclasses.replace(s, size=Image.open(s.path).size) for s in read_ilsvrc(paths.ilsvrc, "test")[0]]
     meta = read_wsol_metadata(write_wsol_metadata(test, tmp_path / "meta"))
     assert meta.image_ids == [s.image_id for s in test]
     for s in test:
@@ -101,11 +104,13 @@ def test_box_outside_image_goes_to_the_rejects_with_its_image(ilsvrc_copy):
     wnid = pred.split()[0]
     lines[1] = f"{image_id},{wnid} 0 0 5000 10"
     csv.write_text("\n".join(lines) + "\n")
+    from bgwsol.data.images import RejectedImage
+    from bgwsol.data.shards.imageproc import process_image
+
     test, _ = read_ilsvrc(ilsvrc_copy, "test")
-    checked = with_sizes(test, "test")
-    assert len(checked.samples) == len(test) - 1
-    (rej,) = checked.rejects
-    assert image_id in rej["path"] and rej["split"] == "test" and re.match(r"bad box: .*outside", rej["reason"])
+    (victim,) = [s for s in test if s.image_id.endswith(image_id + ".JPEG")]
+    with pytest.raises(RejectedImage, match=r"bad box: .*outside"):  # the ETL's reason in rejects.jsonl
+        process_image(victim.path.read_bytes(), victim.boxes)
 
 
 def test_missing_image_is_one_reject_naming_the_csv_line(ilsvrc_copy):
@@ -114,7 +119,6 @@ def test_missing_image_is_one_reject_naming_the_csv_line(ilsvrc_copy):
     test, _ = read_ilsvrc(ilsvrc_copy, "test")
     bad = [s for s in test if s.problem]
     assert len(bad) == 1 and re.search(rf"LOC_val_solution.csv:2: image {victim.stem} not found", bad[0].problem)
-    assert victim.stem not in {s.image_id for s in with_sizes(test).samples}
 
 
 def test_non_numeric_csv_box_is_one_reject(ilsvrc_copy):

@@ -30,7 +30,12 @@ from bgwsol.errors import UserError
 
 
 class StorageError(UserError, OSError):
-    """Storage that cannot be reached or used; the message names the URL and the likely cause."""
+    """Storage that cannot be reached or used; the message names the URL and the likely cause.
+    ``unreachable``: the endpoint did not answer (the one cause that a retry may cure)."""
+
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 def endpoint_url() -> str | None:
@@ -200,9 +205,9 @@ class boto_errors:  # noqa: N801 - used as a lowercase context manager
             if code == "NoSuchBucket":
                 bucket = Location.parse(self.url).bucket
                 raise StorageError(f"{self.url}: not found (bucket {bucket!r} does not exist)") from exc
-            raise StorageError(_explain(self.url, exc)) from exc
+            raise _explain(self.url, exc) from exc
         if isinstance(exc, BotoCoreError):
-            raise StorageError(_explain(self.url, exc)) from exc
+            raise _explain(self.url, exc) from exc
         return False
 
 
@@ -215,23 +220,25 @@ def boto3_client(**kwargs):
                         config=Config(connect_timeout=5, retries={"max_attempts": 3}), **kwargs)
 
 
-def _explain(url: str, exc: BaseException, endpoint: str | None = None) -> str:
-    """One line naming ``url`` and the likely cause of ``exc``; ``endpoint`` (default: the environment's)
+def _explain(url: str, exc: BaseException, endpoint: str | None = None) -> StorageError:
+    """A :class:`StorageError` naming ``url`` and the likely cause of ``exc`` in one line (pyarrow
+    and the S3 client say it only in their messages); ``endpoint`` (default: the environment's)
     is the S3 endpoint the failed call went to."""
     endpoint = endpoint or endpoint_url()
     text = str(exc)
     low = text.lower()
     if any(s in low for s in ("accessdenied", "access denied", "access_denied", "invalidaccesskeyid", "signaturedoesnotmatch",
                               "forbidden", "403")):
-        return (f"{url}: access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-                f"(endpoint {endpoint or 'AWS default'}) [{text.splitlines()[0]}]")
+        return StorageError(f"{url}: access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                            f"(endpoint {endpoint or 'AWS default'}) [{text.splitlines()[0]}]")
     if "nosuchbucket" in low or "bucket does not exist" in low or "does not exist" in low and "bucket" in low:
-        return f"{url}: bucket does not exist (endpoint {endpoint or 'AWS default'})"
+        return StorageError(f"{url}: bucket does not exist (endpoint {endpoint or 'AWS default'})")
     if any(s in low for s in ("curl", "connect", "timed out", "timeout", "unreachable", "resolve host",
                               "connection refused", "network")):
-        return (f"{url}: cannot reach the S3 endpoint {endpoint or 'AWS default'} "
-                f"(set AWS_ENDPOINT_URL for MinIO or a test server) [{text.splitlines()[0]}]")
-    return f"{url}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        return StorageError(f"{url}: cannot reach the S3 endpoint {endpoint or 'AWS default'} "
+                            f"(set AWS_ENDPOINT_URL for MinIO or a test server) [{text.splitlines()[0]}]",
+                            unreachable=True)
+    return StorageError(f"{url}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}")
 
 
 class storage_errors:  # noqa: N801 - used as a lowercase context manager
@@ -253,7 +260,7 @@ class storage_errors:  # noqa: N801 - used as a lowercase context manager
             low = str(exc).lower()
             if isinstance(exc, FileNotFoundError) or "path does not exist" in low or "nosuchkey" in low:
                 raise StorageError(f"{self.url}: not found") from exc
-            raise StorageError(_explain(self.url, exc, self.endpoint)) from exc
+            raise _explain(self.url, exc, self.endpoint) from exc
         return False
 
 
@@ -333,21 +340,17 @@ def wait_until_writable(loc: Location, patience_s: float, first_delay_s: float =
     naming the URL and the last cause once the patience is spent. Only reachability is retried:
     a missing bucket or refused credentials fail at the first attempt (retrying cannot help).
     """
-    import time
+    from bgwsol.retry import Backoff
 
-    sleep = sleep or time.sleep
-    start, delay, failed = time.monotonic(), first_delay_s, False
+    backoff, failed = Backoff(patience_s, first_delay_s, max_delay_s, sleep), False
     while True:
         try:
             check_access(loc.url, writable=True)
-            return time.monotonic() - start if failed else 0.0
+            return backoff.elapsed if failed else 0.0
         except StorageError as exc:
-            if "cannot reach" not in str(exc):  # see _explain: only unreachability may pass
+            if not exc.unreachable:  # a missing bucket or refused keys: a retry cannot help
                 raise
-            waited = time.monotonic() - start
-            if waited + delay > patience_s:
-                raise StorageError(f"{str(exc).splitlines()[0]}; still unreachable after {waited:.0f} s of "
-                                   f"retries") from exc
             failed = True
-            sleep(delay)
-            delay = min(max_delay_s, delay * 2)
+            if not backoff.wait(whole=True):
+                raise StorageError(f"{str(exc).splitlines()[0]}; still unreachable after {backoff.elapsed:.0f} s of "
+                                   f"retries", unreachable=True) from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -76,37 +78,57 @@ def batch_targets(batch: dict, size: int):
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterable[dict], cfg: EvalConfig,
-             device: torch.device | str = "cpu", preprocess=None) -> dict[str, SplitEvaluation]:
+             device: torch.device | str = "cpu", preprocess=None, overlap: bool = True) -> dict[str, SplitEvaluation]:
     """Score every image of a split under each named map variant (``methods``).
 
     The map for each image uses its ground-truth class (GT-known, as wsolevaluation);
     top-1/top-5 hits from the logits feed Top-k Loc. PxAP is kept only if every image has a
     mask. ``preprocess`` maps the batch's images on ``device`` before the model (e.g.
     :func:`bgwsol.data.loader.normalize` for uint8 shard batches). Returns one evaluation per variant.
+
+    ``overlap``: the box search of a batch (CPU, numba without the GIL) runs in one helper
+    thread while the model computes the next batch's maps; batches are scored in loader order,
+    so the numbers are those of ``overlap=False`` (BENCHMARKS.md, "box search beside the model").
     """
     model.eval()
     evals = {name: new_evaluation(cfg, True) for name in methods}
     size = cfg.scoremap_size
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        if preprocess is not None:
-            images = preprocess(images)
-        labels = torch.as_tensor(batch["label"], device=device)
-        outputs = model(images)
-        logits = outputs["logits"].float().cpu().numpy()
-        maps_np = {name: upsample_maps(m.scoremaps(outputs, labels), size).cpu().numpy() for name, m in methods.items()}
-        labels_np = labels.cpu().numpy()
-        hits = {name: ev.cls.accumulate(logits, labels_np) for name, ev in evals.items()}
-        for j, (image_id, gt, mask) in enumerate(batch_targets(batch, size)):
-            for name, ev in evals.items():
-                hit1, hit5 = hits[name]
-                ev.boxes.accumulate(maps_np[name][j], gt, image_id=image_id, top1_correct=bool(hit1[j]),
-                                    top5_correct=bool(hit5[j]), label=int(labels_np[j]))
-                if mask is None:
-                    ev.pxap = None
-                elif ev.pxap is not None:
-                    ev.pxap.accumulate(maps_np[name][j], mask, image_id=image_id)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="box-search") as scorer:
+        pending: deque = deque()
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            if preprocess is not None:
+                images = preprocess(images)
+            labels = torch.as_tensor(batch["label"], device=device)
+            outputs = model(images)
+            scored = (evals, batch, size, outputs["logits"].float().cpu().numpy(), labels.cpu().numpy(),
+                      {name: upsample_maps(m.scoremaps(outputs, labels), size).cpu().numpy()
+                       for name, m in methods.items()})
+            if not overlap:
+                _score_batch(*scored)
+                continue
+            pending.append(scorer.submit(_score_batch, *scored))
+            while len(pending) > 1:  # at most one batch waits: memory stays at two batches of maps
+                pending.popleft().result()
+        for future in pending:
+            future.result()
     return evals
+
+
+def _score_batch(evals: dict[str, SplitEvaluation], batch: dict, size: int, logits: np.ndarray, labels: np.ndarray,
+                 maps: dict[str, np.ndarray]) -> None:
+    """Add one batch to every variant's accumulators: ``logits`` ``(B, K)``, ``labels`` ``(B,)``,
+    ``maps[variant]`` ``(B, size, size)`` in [0, 1]."""
+    hits = {name: ev.cls.accumulate(logits, labels) for name, ev in evals.items()}
+    for j, (image_id, gt, mask) in enumerate(batch_targets(batch, size)):
+        for name, ev in evals.items():
+            hit1, hit5 = hits[name]
+            ev.boxes.accumulate(maps[name][j], gt, image_id=image_id, top1_correct=bool(hit1[j]),
+                                top5_correct=bool(hit5[j]), label=int(labels[j]))
+            if mask is None:
+                ev.pxap = None
+            elif ev.pxap is not None:
+                ev.pxap.accumulate(maps[name][j], mask, image_id=image_id)
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)  # nogil: the box search runs beside the model (evaluator.evaluate)
 def _find(parent: np.ndarray, x: int) -> int:
     root = x
     while parent[root] != root:
@@ -37,7 +37,7 @@ def _find(parent: np.ndarray, x: int) -> int:
     return root
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)  # nogil: the box search runs beside the model (evaluator.evaluate)
 def _sweep(u8: np.ndarray, want: np.ndarray, gt: np.ndarray, upper: bool, count: np.ndarray, best: np.ndarray) -> None:
     """One sweep; raises ``count[v]`` and ``best[v]`` for every wanted level ``v``.
 
@@ -158,7 +158,7 @@ def _sweep(u8: np.ndarray, want: np.ndarray, gt: np.ndarray, upper: bool, count:
         best[v] = top
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)  # nogil: the box search runs beside the model (evaluator.evaluate)
 def level_best_iou(u8: np.ndarray, want: np.ndarray, gt: np.ndarray):
     """Score the contour boxes of ``{u8 >= v}`` for every level v in 1..255 where ``want[v]``.
 

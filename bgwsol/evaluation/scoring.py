@@ -7,7 +7,7 @@
   and :func:`gather_evaluations` add the ranks' parts;
 * :func:`summarize` -> :class:`FinalEvaluation`: every map variant chooses its thresholds on
   validation, and the test split is read once at them;
-* pictures: :func:`overlay_batch`, :func:`test_overlays` (a grid of test images under every map)
+* pictures: :func:`overlay_batch` (the example images), :func:`score_examples` (their maps)
   and :func:`score_examples` (the report's example images).
 
 Training only produces checkpoints; :func:`bgwsol.training.distributed.evaluate` is the Ray
@@ -26,7 +26,7 @@ import torch
 from bgwsol.checkpoint import model_from_state
 from bgwsol.config import EvalConfig
 from bgwsol.data.plan import DataPlan, Worker
-from bgwsol.evaluation.evaluator import SplitEvaluation, evaluate, overlay_grid
+from bgwsol.evaluation.evaluator import SplitEvaluation, evaluate
 from bgwsol.methods import Method, build_method
 
 EVAL_BATCH = 64
@@ -145,16 +145,6 @@ def evaluate_checkpoint(state: dict, plan: DataPlan, worker: Worker, post_hoc: I
         val = evaluate_part(model, variants, plan.val, cfg.data.input_size, cfg.eval, worker, plan.sizes(plan.val))
         test = evaluate_part(model, variants, plan.test, cfg.data.input_size, cfg.eval, worker, plan.sizes(plan.test))
     return val, test
-
-
-def test_overlays(state: dict, plan: DataPlan, tau: float, count: int = 12):
-    """A picture of the first ``count`` test images under every map variant of a checkpoint, at ``tau``."""
-    from bgwsol.data.loader import normalize
-
-    model, method, cfg = model_from_state(state)
-    batch = overlay_batch(plan.test, cfg.data.input_size, count)
-    return overlay_grid(model, map_variants(method), batch, cfg.eval.scoremap_size, tau, preprocess=normalize,
-                        count=count)
 
 
 @dataclass

@@ -88,9 +88,12 @@ def log_and_register(state: dict, *, tracking_uri: str, run_id: str, name: str, 
     from bgwsol.checkpoint import inference_state, save_checkpoint
     from bgwsol.tracking.runs import Attempt, redact_url, refused, server_answers
 
+    from bgwsol.retry import Backoff
+
     deadline = time.monotonic() + timeout_s
+    backoff = Backoff(timeout_s, first_s=1.0, max_s=15.0)
     done: dict = {}  # the steps that went through: model_uri, version
-    attempt, delay = None, 1.0
+    attempt = None
     with tempfile.TemporaryDirectory() as d:
         path = save_checkpoint(inference_state(state, taus), d)
         while True:
@@ -106,11 +109,8 @@ def log_and_register(state: dict, *, tracking_uri: str, run_id: str, name: str, 
                     raise attempt.error
                 cause = (f"{type(attempt.error).__name__}: {str(attempt.error)[:200]}" if attempt.finished.is_set()
                          else "no answer to its calls")
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if not backoff.wait():
                 break
-            time.sleep(min(delay, left))
-            delay = min(2 * delay, 15.0)
         kept = Path(keep_dir or Path(KEEP_DIR) / f"{name}-{run_id}").resolve()
         kept.mkdir(parents=True, exist_ok=True)
         kept = Path(shutil.copy2(path, kept / path.name))

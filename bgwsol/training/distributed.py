@@ -51,6 +51,13 @@ def identity_tag(cfg: RunConfig, digest: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:8]
 
 
+def run_name_of(cfg: RunConfig, digest: str) -> str:
+    """The one name of a training run: ``<method>-seed<seed>-<identity tag>`` (``digest``: the
+    manifests it reads). A rerun of the same training continues it; a changed configuration or
+    data gets a new name instead of being refused. Tune's trials are ``<search>-<trial id>``."""
+    return f"{cfg.method.name}-seed{cfg.train.seed}-{identity_tag(cfg, digest)}"
+
+
 def claim_run(run_dir, cfg: RunConfig, digest: str) -> bool:
     """Record the run's identity at its first start; on a rerun, refuse a different one.
 
@@ -87,7 +94,7 @@ class ClusterConfig:
     use_gpu: bool = option(False, "one GPU per worker (AMP bf16 + channels_last, nccl)")
     cpus_per_worker: float = option(1.0, "CPUs reserved per worker (also its torch threads)")
     storage_path: str = option("runs/ray", "where Ray Train keeps checkpoints: a local folder or s3://bucket/prefix")
-    run_name: str = option("", "Ray Train run name; rerunning the same name resumes it (empty: derived from the config)")
+    run_name: str = option("", "Ray Train run name; rerunning the same name resumes it (empty: <method>-seed<seed>-<hash of the config and the data>)")
     max_failures: int = option(2, "restarts from the latest checkpoint after a lost worker or node, before the run "
                                   "fails (an error raised by the training code itself is never retried)")
     storage_patience_s: float = option(300.0, "how long a checkpoint upload retries an unreachable store (with "
@@ -220,10 +227,6 @@ def train_loop_per_worker(config: dict) -> None:
         logger.end()
 
 
-def default_run_name(cfg: RunConfig) -> str:
-    return f"{cfg.method.name}-{cfg.model.backbone}-seed{cfg.train.seed}"
-
-
 def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, callbacks: list | None = None,
         parent_run_id: str | None = None):
     """Run (or resume) a TorchTrainer for ``cfg`` on ``data``; returns Ray Train's ``Result``.
@@ -247,11 +250,11 @@ def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, ca
     from bgwsol.tracking.runs import check_tracking
     from bgwsol.data.plan import plan_data
 
-    name = cluster.run_name or default_run_name(cfg)
     loc = check_access(cluster.storage_path, writable=True)
     if tracking is not None:
         check_tracking(tracking)
     plan = plan_data(data, build_method(cfg.method).uses_background)
+    name = cluster.run_name or run_name_of(cfg, plan.digest)
     if claim_run(loc.join(name), cfg, plan.digest):
         log.info("run %s exists under %s: continuing from its latest checkpoint", name, loc.url)
     run_config = ray.train.RunConfig(
@@ -444,3 +447,14 @@ def evaluate(state: dict, plan: DataPlan, cluster: ClusterConfig, post_hoc: list
     parts = ray.get([task.remote(state_ref, plan, rank, world, list(post_hoc), max(1, int(cluster.cpus_per_worker)))
                      for rank in range(world)])
     return summarize(merge_evaluations([val for val, _ in parts]), merge_evaluations([test for _, test in parts]))
+
+
+def fit_and_score(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfig, tracking=None,
+                  post_hoc: list[str] | tuple[str, ...] = ()) -> tuple[dict, list[dict], FinalEvaluation]:
+    """One method's run as the main job's baseline and the comparison take it: :func:`fit` (named
+    by :func:`run_name_of` unless ``cluster.run_name``; a rerun continues it), its best checkpoint by
+    validation, then :func:`evaluate` on ``plan`` (``post_hoc`` maps on the same model). Returns
+    ``(checkpoint state, every epoch's history, FinalEvaluation)``."""
+    result = fit(cfg, data, cluster, tracking=tracking)
+    state, _ = best_checkpoint(result)
+    return state, run_history(result), evaluate(state, plan, cluster, post_hoc)

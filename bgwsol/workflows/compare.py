@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from bgwsol.config import RunConfig, flatten, option, replace, to_dict
 from bgwsol.data.shards.etl import ShardConfig
 from bgwsol.data.shards.jobs import DataSources
-from bgwsol.workflows.report import COLUMNS
+from bgwsol.workflows.table import COLUMNS, RANK_METRIC, Line, markdown, ranking
 from bgwsol.ray_init import RayConfig
 from bgwsol.tracking.runs import TrackingConfig
 from bgwsol.training.distributed import ClusterConfig
@@ -47,10 +46,7 @@ class RunResult:
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS = ("maxboxacc_v2", "boxacc_v2_at_tau", "maxboxacc_iou70", "gt_known_loc", "top1_loc", "top5_loc",
-                 "top1_cls", "pxap")
-HEADERS = COLUMNS  # metric -> column header, shared with report.html
-RANK_METRIC = "maxboxacc_v2"  # what the ranking line (table, report, MLflow tag) orders methods by
+TABLE_METRICS = tuple(COLUMNS)
 OURS = "bgwsol"  # the report's example images are ranked by this method's IoU
 
 
@@ -113,59 +109,31 @@ class Comparison:
                 rows.insert(0, Row(method, method, method, method, "main"))
         return rows
 
-    def rows(self) -> list[dict]:
-        """Per table line: ``method`` (label), ``key``, ``seeds``, metric -> ``(mean, std)`` over
-        seeds (population std), and ``per_seed`` metric -> list of values."""
+    def lines(self) -> list[Line]:
+        """The table's lines (:mod:`bgwsol.workflows.table`): each row's metrics over its seeds;
+        a method's extra map variants (``bgwsol (mask only)``) are not ranked."""
         out = []
         for row in self.table_rows():
             runs = self.results[row.trained]
-            entry: dict = {"method": row.label, "key": row.key, "seeds": len(runs), "per_seed": {}}
-            for m in TABLE_METRICS:
-                vals = [r.test[row.variant][m] for r in runs if m in r.test.get(row.variant, {})]
-                if vals:
-                    entry[m] = (float(np.mean(vals)), float(np.std(vals)))
-                    entry["per_seed"][m] = vals
-            out.append(entry)
+            per_seed = {m: [r.test[row.variant][m] for r in runs if m in r.test.get(row.variant, {})]
+                        for m in TABLE_METRICS}
+            out.append(Line(row.label, row.key, {m: v for m, v in per_seed.items() if v},
+                            ranked=row.variant == "main" or row.key in self.post_hoc))
         return out
 
+    def rows(self) -> list[dict]:
+        """Per table line: ``method`` (label), ``key``, ``seeds``, metric -> ``(mean, std)`` over
+        seeds (population std), and ``per_seed`` metric -> list of values."""
+        return [line.to_json() for line in self.lines()]
+
     def ranking(self) -> str:
-        """Which method ranks first on MaxBoxAccV2 (means over seeds) and by how much, e.g.
-        ``First on MaxBoxAccV2: bgwsol 62.0, ahead of bas (51.0) by 11.0 points.`` Map variants of
-        one method (``bgwsol (mask only)``) are not methods and are left out."""
-        rows = {r.key: r for r in self.table_rows()}
-        means = {e["key"]: e[RANK_METRIC][0] for e in self.rows() if RANK_METRIC in e
-                 and rows[e["key"]].variant in ("main", rows[e["key"]].method)}
-        if len(means) < 2:
-            return ""
-        order = sorted(means, key=lambda k: -means[k])
-        first, second = order[0], order[1]
-        gap = means[first] - means[second]
-        if gap == 0:
-            return (f"Tied first on {HEADERS[RANK_METRIC]}: {rows[first].label} and {rows[second].label} "
-                    f"({means[first]:.1f}).")
-        return (f"First on {HEADERS[RANK_METRIC]}: {rows[first].label} {means[first]:.1f}, ahead of "
-                f"{rows[second].label} ({means[second]:.1f}) by {gap:.1f} points.")
+        """Which method ranks first on MaxBoxAccV2, and by how much (:func:`bgwsol.workflows.table.ranking`)."""
+        return ranking(self.lines())
 
     def markdown(self) -> str:
         """The table (mean ± std over seeds, test split, percent; best method mean per column in
         bold), followed by the ranking line."""
-        entries = self.rows()
-        by_key = {r.key: r for r in self.table_rows()}
-        main = [e for e in entries if by_key[e["key"]].variant == "main" or e["key"] in self.post_hoc]
-        best = {m: max((e[m][0] for e in main if m in e), default=None) for m in TABLE_METRICS}
-        head = "| method | seeds | " + " | ".join(HEADERS[m] for m in TABLE_METRICS) + " |"
-        lines = [head, "|" + "---|" * (len(TABLE_METRICS) + 2)]
-        for e in entries:
-            cells = []
-            for m in TABLE_METRICS:
-                if m not in e:
-                    cells.append("–")
-                    continue
-                text = f"{e[m][0]:.1f} ± {e[m][1]:.1f}"
-                cells.append(f"**{text}**" if e in main and len(main) > 1 and e[m][0] == best[m] else text)
-            lines.append(f"| {e['method']} | {e['seeds']} | " + " | ".join(cells) + " |")
-        ranking = self.ranking()
-        return "\n".join(lines) + (f"\n\n{ranking}" if ranking else "")
+        return markdown(self.lines())
 
 
 # ----------------------------------------------------------------------------- running
@@ -194,19 +162,15 @@ def run_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfi
     its run name exists), its best checkpoint by validation, then validation (thresholds per map)
     and test on the workers; ``post_hoc`` maps are scored on the same model in the same passes.
     Writes config.yaml, history.jsonl, results.json and overlays_test.png into ``out_dir``."""
-    from bgwsol.evaluation.scoring import score_examples, test_overlays
-    from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag, run_history
-    from bgwsol.workflows.report import class_names
+    from bgwsol.evaluation.scoring import score_examples
+    from bgwsol.training.distributed import fit_and_score
+    from bgwsol.workflows.report import class_names, examples_grid
     from bgwsol.workflows.run_files import write_run_files
 
-    name = f"{cfg.method.name}-seed{cfg.train.seed}-{identity_tag(cfg, plan.digest)}"
-    result = fit(cfg, data, replace(cluster, run_name=name))
-    state, _ = best_checkpoint(result)
-    history = run_history(result)  # every epoch; the best checkpoint's own history stops at its epoch
-    final = evaluate(state, plan, cluster, post_hoc)
-    write_run_files(out_dir, cfg, {**state, "history": history}, final,
-                    test_overlays(state, plan, final.taus["main"][50]))
+    state, history, final = fit_and_score(cfg, data, plan, cluster, post_hoc=post_hoc)
     examples = score_examples(state, {v: taus[50] for v, taus in final.taus.items() if 50 in taus}, plan.test)
+    write_run_files(out_dir, cfg, {**state, "history": history}, final,
+                    examples_grid(examples, plan.test, cfg.data.input_size))
     return RunResult(Path(out_dir), final.val, final.test, final.taus["main"], history, final,
                      class_names(state), examples, state.get("epoch"))
 

@@ -31,8 +31,6 @@ from bgwsol.training.tune import SearchConfig
 
 log = logging.getLogger(__name__)
 
-TABLE_KEYS = ("maxboxacc_v2", "boxacc_v2_at_tau", "maxboxacc_iou70", "gt_known_loc", "top1_loc", "top1_cls", "pxap")
-
 
 @dataclass
 class PipelineConfig(DataSources):
@@ -57,24 +55,19 @@ def prepare_shards(cfg: PipelineConfig) -> tuple[str, str]:
     return shard_sources(cfg, cfg.etl)
 
 
-def markdown_table(rows: dict[str, dict[str, float]]) -> str:
-    lines = ["| model | " + " | ".join(TABLE_KEYS) + " |", "|---" * (len(TABLE_KEYS) + 1) + "|"]
-    for name, m in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.1f}" if k in m else "–" for k in TABLE_KEYS) + " |")
-    return "\n".join(lines)
-
-
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step; returns ``{"table", "test", "registration", "tracking_uri", "ui_command", ...}``."""
     from bgwsol.progress import stage
     from bgwsol.tracking import local_server as mlflow_server
     from bgwsol.ray_init import RayConfig, init_ray
-    from bgwsol.training.distributed import best_checkpoint, evaluate, fit, identity_tag, run_history
+    from bgwsol.training.distributed import (best_checkpoint, evaluate, fit_and_score, identity_tag, run_history,
+                                             run_name_of)
     from bgwsol.data.plan import RunData, plan_data
     from bgwsol.tracking.model_registry import log_and_register
     from bgwsol.tracking.runs import attach_file, check_tracking, resolve_uri, runs_view_path
     from bgwsol.training.cluster_resources import ResourceWatch
     from bgwsol.training.tune import params_of, run_search
+    from bgwsol.workflows.table import markdown, single
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,14 +95,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 cam_cfg = replace(base, **{"method.name": cfg.baseline})
                 # the name carries the training's identity: a rerun continues the same baseline, a changed
                 # config starts a new one instead of being refused
-                tag = identity_tag(cam_cfg, scoring.digest)
-                name = f"{cfg.baseline}-{cfg.dataset}-{tag}"
+                name = run_name_of(cam_cfg, scoring.digest)
                 with stage(f"baseline: {cfg.baseline} ({cfg.cluster.num_workers} Ray Train worker(s), run {name})"):
-                    cam = fit(cam_cfg, data, replace(cfg.cluster, run_name=name), tracking=tracking)
-                    cam_state, _ = best_checkpoint(cam)
-                    cam_final = evaluate(cam_state, scoring, cfg.cluster)
+                    cam_state, cam_history, cam_final = fit_and_score(cam_cfg, data, scoring, cfg.cluster, tracking)
                 test[cfg.baseline] = rows[cfg.baseline] = cam_final.test["main"]
-                scored.append((cfg.baseline, {**cam_state, "history": run_history(cam)}, cam_final, "main"))
+                scored.append((cfg.baseline, {**cam_state, "history": cam_history}, cam_final, "main"))
             # the first trial is the configured default, the rest are Optuna's proposals
             # named by what it depends on, like the baseline: a rerun continues the same search (Tune's
             # restore), a changed configuration or search space starts a new one
@@ -132,14 +122,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 if variant in final.test:  # each map at the thresholds it chose on validation
                     rows[f"bgwsol ({variant.replace('_', ' ')})"] = final.test[variant]
                     scored.insert(-1, (f"bgwsol ({variant.replace('_', ' ')})", shown, final, variant))
-            table = markdown_table(rows)
+            lines = [single(label, label, metrics, ranked=label in (cfg.baseline, "bgwsol (tuned)"))
+                     for label, metrics in rows.items()]
+            table = markdown(lines)
             (out / "comparison.md").write_text(table + "\n")
             with stage("report"):
                 models = write_job_report(out / "report.html", scored, scoring.test, f"bgwsol main job: {cfg.dataset}",
                                           [f"best bgwsol weights: {outcome.best_params}",
                                            f"registered {registration.name} version {registration.version}"])
                 attach_file(tracking.tracking_uri, state["mlflow_run_id"], out / "report.html")
-            (out / "results.json").write_text(json.dumps({"test": test, "best_params": outcome.best_params,
+            (out / "results.json").write_text(json.dumps({"test": test, "table": [line.to_json() for line in lines],
+                                                          "best_params": outcome.best_params,
                                                           "registration": registration.__dict__,
                                                           "models": [m.to_json() for m in models]}, indent=2, default=str))
             return {"table": table, "test": test, "registration": registration, "tracking_uri": tracking.tracking_uri,
@@ -225,9 +218,8 @@ def parse_flow_args(defaults: PipelineConfig, doc: str, argv: list[str] | None =
     and short schedule. ``real`` applies only with ``--source`` (by default :data:`PRETRAINED`:
     real photos get the pretrained backbone). Explicit flags and ``--config`` win over both.
     """
-    import argparse
-
-    from bgwsol.config import add_config_args, config_from_args
+    from bgwsol.config import config_from_args
+    from bgwsol.flow import parse_job
 
     real = PRETRAINED if real is None else real
     epilog = ""
@@ -237,11 +229,7 @@ def parse_flow_args(defaults: PipelineConfig, doc: str, argv: list[str] | None =
     if real:
         epilog += ("with --source (real photos) these defaults change: "
                    + ", ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in real.items()))
-    parser = argparse.ArgumentParser(description=doc, epilog=epilog or None,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, PipelineConfig, defaults)
-    args = parser.parse_args(argv)
-    cfg = config_from_args(PipelineConfig, args, defaults)
+    cfg, args = parse_job(PipelineConfig, defaults, doc, argv, epilog or None)
     profile = dict(real if cfg.source else demo or {})
     given = vars(args)
     if "run.model.backbone" in given and given["run.model.backbone"] != profile.get("run.model.backbone",
@@ -271,21 +259,19 @@ def pipeline_problems(cfg: PipelineConfig) -> list[str]:
 
 def flow_main(defaults: PipelineConfig, doc: str, argv: list[str] | None = None,
               demo: dict[str, object] | None = None) -> int:
-    """Entry of ``flows/train_*.py``: parse, write ``pipeline.yaml``, run, print the report."""
-    import time
+    """Entry of ``flows/train_*.py`` (:mod:`bgwsol.flow`): parse, check, write ``pipeline.yaml``,
+    run, print the report."""
+    from bgwsol.flow import run_job
 
     cfg = parse_flow_args(defaults, doc, argv, demo)
-    problems = pipeline_problems(cfg)
-    if problems:
-        from bgwsol.errors import report_problems
+    return run_job(cfg, pipeline_problems(cfg), _run_and_report, log_dir=Path(cfg.output_dir) / "logs", name="train",
+                   verbose=cfg.verbose)
 
-        return report_problems(problems)
-    from bgwsol import console
 
-    console.log_to(cfg.output_dir, "train", verbose=cfg.verbose)
+def _run_and_report(cfg: PipelineConfig) -> str:
+    import time
+
     save_config(cfg)
     t0 = time.time()
     result = run_pipeline(cfg)
-    console.emit(report(result, time.time() - t0))
-    return 0
-
+    return report(result, time.time() - t0)

@@ -23,11 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from bgwsol.evaluation.scoring import ExampleMaps
+from bgwsol.workflows.table import COLUMNS
 
-# metric key -> column header, in table order
-COLUMNS = {"maxboxacc_v2": "MaxBoxAccV2", "boxacc_v2_at_tau": "BoxAccV2 @ val τ", "maxboxacc_iou70": "IoU70",
-           "gt_known_loc": "GT-known Loc", "top1_loc": "Top-1 Loc", "top5_loc": "Top-5 Loc", "top1_cls": "Top-1 cls",
-           "pxap": "PxAP"}
 PER_CLASS_SHOWN = 40  # with more classes, the page lists the worst and the best 20 of the last model
 
 
@@ -153,26 +150,49 @@ def loss_figure(models: list[ModelReport]):
     return fig
 
 
+def _example_pixels(test_urls: list[str], input_size: int, count: int, size: int) -> tuple[np.ndarray, list]:
+    """The example images' pixels ``(N, size, size, 3)`` uint8 and their ``(id, boxes, mask)``
+    targets at the score-map resolution (the images :func:`score_examples` scored)."""
+    import torch
+
+    from bgwsol.evaluation.evaluator import batch_targets
+    from bgwsol.evaluation.scoring import overlay_batch
+
+    batch = overlay_batch(test_urls, input_size, count)
+    pixels = torch.nn.functional.interpolate(batch["image"].float(), size=(size, size), mode="bilinear",
+                                             align_corners=False)
+    return pixels.clamp(0, 255).byte().permute(0, 2, 3, 1).numpy(), list(batch_targets(batch, size))
+
+
+def examples_grid(rows: dict[str, ExampleMaps], test_urls: list[str], input_size: int, count: int = 12):
+    """A picture (PIL) of the first ``count`` example images, a row per map variant (label -> its
+    :class:`ExampleMaps`), each at its own threshold: heatmap, predicted boxes in red, true ones in
+    green. Drawn from the maps already scored: no second pass through the model."""
+    from bgwsol.evaluation.scoremaps import boxes_at_threshold
+    from bgwsol.evaluation.viz import grid, overlay
+
+    count = min(count, *(ex.maps.shape[0] for ex in rows.values()))
+    size = next(iter(rows.values())).maps.shape[-1]
+    pixels, targets = _example_pixels(test_urls, input_size, count, size)
+    tiles = []
+    for ex in rows.values():
+        maps = ex.maps[:count].astype(np.float32) / 255.0
+        tiles += [overlay(pixels[j], maps[j], boxes_at_threshold(maps[j], ex.tau), targets[j][1]) for j in range(count)]
+    return grid(tiles, columns=count)
+
+
 def example_tiles(rows: dict[str, ExampleMaps], test_urls: list[str], input_size: int, pick: int = 8,
                   rank_by: str | None = None) -> tuple[list[str], dict[str, list]]:
     """The same test images under every row (label -> its :class:`ExampleMaps`): ``pick`` of
     them, the best and the worst by the IoU of row ``rank_by`` (default: the last) and ones in
     between. Returns the column titles and, per label, ``(overlay tile, caption)`` pairs (PIL
     images at the score-map resolution, "IoU 0.62")."""
-    import torch
-
-    from bgwsol.evaluation.evaluator import batch_targets
     from bgwsol.evaluation.scoremaps import boxes_at_threshold
-    from bgwsol.evaluation.scoring import overlay_batch
     from bgwsol.evaluation.viz import overlay
 
     last = rows[rank_by] if rank_by in rows else list(rows.values())[-1]
-    count, size = last.maps.shape[0], last.maps.shape[-1]
-    batch = overlay_batch(test_urls, input_size, count)
-    pixels = torch.nn.functional.interpolate(batch["image"].float(), size=(size, size), mode="bilinear",
-                                             align_corners=False)
-    pixels = pixels.clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    targets = list(batch_targets(batch, size))
+    count = last.maps.shape[0]
+    pixels, targets = _example_pixels(test_urls, input_size, count, last.maps.shape[-1])
     order = np.argsort(-last.ious, kind="stable")  # best first
     third = max(1, min(pick, count) // 3)
     rest = max(0, min(pick, count) - 2 * third)

@@ -478,9 +478,11 @@ def dataset_listings(dataset: str, root: str, val_fraction: float, eval_root: st
         from bgwsol.data.sources.folder import read_folder
 
         train, val, test, classes, found = read_folder(root, val_fraction, eval_root or None)
-        log.info("%s: %d images in %d class folders; %d with %d boxes of their class (%d validation, %d test%s); "
-                 "%d boxes of other classes ignored", root, found.images, len(classes), found.boxed_images,
-                 found.boxes, len(val), len(test), f" from {eval_root}" if eval_root else "", found.other_class_boxes)
+        split = (f"{len(val)} with a box of their class validate; {eval_root}: {found.eval_images} images, {len(test)} "
+                 f"with a box test" if eval_root else
+                 f"{found.boxed_images} with a box of their class ({len(val)} validation, {len(test)} test)")
+        log.info("%s: %d images in %d class folders; %s; %d boxes in all, %d boxes of other classes ignored", root,
+                 found.images, len(classes), split, found.boxes, found.other_class_boxes)
         if found.eval_unboxed or found.eval_also_in_train:
             log.warning("%s: %d images without a box of their class are not used; %d have an id the training tree "
                         "has too", eval_root, found.eval_unboxed, found.eval_also_in_train)

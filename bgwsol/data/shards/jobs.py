@@ -193,25 +193,14 @@ def summary(shards: ShardSet) -> str:
 
 def flow_main(job_cls: type, defaults, description: str, run, argv: list[str] | None = None,
               job_name: str = "shard") -> int:
-    """Body of the ``flows/shard_*.py`` entry points: parse flags into ``job_cls``, run, print the
-    summary. Like the training flows, the console shows this package's lines and the libraries'
-    output goes to ``<log_dir>/<job_name>-<time>.log``, whose path is the first line."""
-    import argparse
+    """Body of the ``flows/shard_*.py`` entry points (:mod:`bgwsol.flow`): parse flags into
+    ``job_cls``, check, run, print the summary; the libraries' output goes to
+    ``<log_dir>/<job_name>-<time>.log``."""
+    from bgwsol.flow import parse_job, run_job
 
-    from bgwsol import console
-    from bgwsol.config import add_config_args, config_from_args
-
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, job_cls, defaults)
-    job = config_from_args(job_cls, parser.parse_args(argv), defaults)
-    problems = shard_job_problems(job)
-    if problems:
-        from bgwsol.errors import report_problems
-
-        return report_problems(problems)
-    console.log_in(job.log_dir, job_name, verbose=job.verbose)
-    console.emit(summary(run(job)))
-    return 0
+    job, _ = parse_job(job_cls, defaults, description, argv)
+    return run_job(job, shard_job_problems(job), lambda j: summary(run(j)), log_dir=job.log_dir, name=job_name,
+                   verbose=job.verbose)
 
 
 def shard_job_problems(job: DatasetShardJob | BackgroundShardJob) -> list[str]:

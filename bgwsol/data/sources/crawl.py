@@ -130,10 +130,12 @@ def fetch(session, url: str, cfg: CrawlConfig, limiter: _HostLimiter) -> bytes:
     """GET ``url`` within the limits of ``cfg``; raises FetchError with the reason."""
     import requests
 
-    last = "no attempt"
+    from bgwsol.retry import Backoff
+
+    last, backoff = "no attempt", Backoff(first_s=cfg.backoff_s, max_s=float("inf"))
     for attempt in range(cfg.retries):
         if attempt:
-            time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
+            backoff.wait()
         try:
             with limiter(url):
                 return _get_once(session, url, cfg)
