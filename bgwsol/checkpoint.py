@@ -39,11 +39,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
-def inference_state(state: dict, taus: dict[int, float] | None = None) -> dict:
-    """``state`` without what only training needs, with the operating thresholds ``taus``."""
+def inference_state(state: dict, taus: dict[int, float] | None = None, mask_tau: float | None = None) -> dict:
+    """``state`` without what only training needs, with the operating thresholds ``taus`` (IoU
+    percent -> box threshold) and ``mask_tau`` (the mask threshold, where validation had masks)."""
     slim = {k: v for k, v in state.items() if k not in TRAINING_ONLY}
     if taus is not None:
         slim["taus"] = {int(k): float(v) for k, v in taus.items()}
+    if mask_tau is not None:
+        slim["mask_tau"] = float(mask_tau)
     return slim
 
 

@@ -72,7 +72,8 @@ def run_tune(job: TuneJob) -> str:
         # scored as the main job scores it: thresholds chosen on validation by the evaluation stage
         final = evaluate(state, plan_data(data, False), job.cluster)
     reg = log_and_register(state, tracking_uri=resolve_uri(job.tracking), run_id=state["mlflow_run_id"],
-                           name=job.model_name, metric=metrics["score"], taus=final.taus["main"])
+                           name=job.model_name, metric=metrics["score"], taus=final.taus["main"],
+                           mask_tau=final.mask_taus.get("main"))
     lines.append(f"  test MaxBoxAccV2 {final.test['main'].get('maxboxacc_v2', float('nan')):.1f} at the thresholds "
                  "chosen on validation")
     lines.append(f"registered {reg.name} version {reg.version}" + (" (now champion)" if reg.champion else

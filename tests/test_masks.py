@@ -13,8 +13,6 @@ from PIL import Image
 from bgwsol.data.shards.etl import ShardConfig, dataset_listings, write_shard_set
 from bgwsol.data.shards.imageproc import object_pixels
 
-pytestmark = [pytest.mark.ray]
-
 CFG = ShardConfig(max_short_side=48, samples_per_shard=7, val_fraction=0.3, max_reject_share=0.2)
 
 
@@ -42,6 +40,7 @@ def official_layout(cub, root):
         Image.fromarray(soft).save(target)
 
 
+@pytest.mark.ray
 def test_official_segmentations_reach_the_shards_and_give_pxap(tiny_synthetic, ray_local, tmp_path):
     from torch.utils.data import DataLoader
 
@@ -72,6 +71,7 @@ def test_official_segmentations_reach_the_shards_and_give_pxap(tiny_synthetic, r
     assert seen == shards.count("test") and pxap.compute() == pytest.approx(100.0)
 
 
+@pytest.mark.ray
 def test_masks_that_match_nothing_or_only_some_images_are_said(tiny_synthetic, ray_local, tmp_path, caplog):
     paths, _ = tiny_synthetic
     root = tmp_path / "CUB_200_2011"
@@ -103,6 +103,7 @@ def test_masks_that_match_nothing_or_only_some_images_are_said(tiny_synthetic, r
                                in r.getMessage() for r in caplog.records) for split in partial)
 
 
+@pytest.mark.ray
 def test_the_summary_counts_masks(tiny_synthetic, ray_local, tmp_path):
     from bgwsol.data.shards.jobs import summary
 
@@ -110,3 +111,49 @@ def test_the_summary_counts_masks(tiny_synthetic, ray_local, tmp_path):
     listings, classes, _ = dataset_listings("cub", str(paths.cub), CFG.val_fraction)
     shards = write_shard_set(listings, str(tmp_path / "s"), dataset="cub", classes=classes, cfg=CFG)
     assert f"{shards.count('test')} with masks" in summary(shards)
+
+
+def test_mask_miou_per_threshold_and_its_choice_on_validation():
+    from bgwsol.evaluation.metrics import PxAPAccumulator, cam_thresholds
+
+    truth = np.zeros((10, 10), bool)
+    truth[2:6, 2:6] = True  # 16 pixels
+    soft = np.where(truth, 0.8, 0.0).astype(np.float32)
+    soft[6, 2:6] = 0.5  # 4 pixels below the object, at 0.5
+    acc = PxAPAccumulator(cam_thresholds(0.1))
+    acc.accumulate(soft, truth)
+    miou = dict(zip(np.round(acc.thresholds, 1), acc.mask_miou()))
+    assert miou[0.5] == pytest.approx(100 * 16 / 20) and miou[0.6] == pytest.approx(100.0)
+    assert miou[0.9] == pytest.approx(100 * 0 / 16)
+    assert 0.5 < acc.best_mask_threshold() <= 0.8
+    other = PxAPAccumulator(cam_thresholds(0.1))
+    other.accumulate(np.zeros((10, 10), np.float32), np.zeros((10, 10), bool))  # nothing, nothing predicted: 1
+    merged = acc.merge(other)
+    assert merged.images == 2 and merged.mask_miou_at(0.6) == pytest.approx(100.0)
+    assert merged.mask_miou_at(0.9) == pytest.approx(50.0)
+
+
+def test_localize_writes_masks_at_the_threshold_chosen_on_validation(tmp_path, capsys):
+    from bgwsol.checkpoint import load_checkpoint, save_checkpoint
+    from bgwsol.serving.cli import main as cli_main
+    from bgwsol.serving.localizer import Localizer
+    from test_bad_inputs import tiny_checkpoint
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), np.uint8)).save(photo)
+    state = load_checkpoint(tiny_checkpoint(tmp_path / "plain"))
+    with_mask = save_checkpoint({**state, "mask_tau": 0.6}, tmp_path / "masked")
+    assert cli_main(["localize", "--model", str(with_mask), "--out", str(tmp_path / "o"), "--masks",
+                     str(tmp_path / "m"), str(photo)]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().split("\t")[-1] == str(tmp_path / "m" / "photo_mask.png")
+    assert "mask threshold 0.60 (best mask mIoU on validation)" in err
+    with Image.open(tmp_path / "m" / "photo_mask.png") as written, Image.open(photo) as image:
+        mask = np.asarray(written)
+        localizer = Localizer(load_checkpoint(with_mask))
+        assert written.size == image.size and set(np.unique(mask)) <= {0, 255}
+        assert np.array_equal(mask > 0, localizer(image.convert("RGB")).heatmap >= 0.6)
+    assert cli_main(["localize", "--model", str(tmp_path / "plain"), "--masks", str(tmp_path / "m2"),
+                     "--out", str(tmp_path / "o"), str(photo)]) == 0
+    assert "mask threshold 0.30 (the box threshold: the model was scored without validation masks)" in \
+        capsys.readouterr().err

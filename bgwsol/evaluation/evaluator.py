@@ -40,9 +40,9 @@ class SplitEvaluation:
             self.pxap = None
         return self
 
-    def summary(self, taus: dict[int, float] | None = None) -> dict[str, float]:
+    def summary(self, taus: dict[int, float] | None = None, mask_tau: float | None = None) -> dict[str, float]:
         """Metrics in percent. ``taus`` (per IoU, e.g. chosen on validation) sets the operating
-        thresholds; without it the split's own best thresholds are used."""
+        thresholds and ``mask_tau`` the mask threshold; without them the split's own best are used."""
         own = self.boxes.best_thresholds()
         taus = taus or own
         max_acc = self.boxes.max_box_acc()
@@ -54,6 +54,7 @@ class SplitEvaluation:
         out.update(self.cls.compute())
         if self.pxap is not None:
             out["pxap"] = self.pxap.compute()
+            out["mask_miou"] = self.pxap.mask_miou_at(self.pxap.best_mask_threshold() if mask_tau is None else mask_tau)
         out["num_images"] = float(self.boxes.count)
         return {k: float(v) for k, v in out.items()}  # plain floats: numpy scalars print as np.float64(...)
 

@@ -170,17 +170,23 @@ class PxAPAccumulator:
 
     Bins follow wsolevaluation: right edges ``[*thresholds, 1, 2, 3]``, so a value of exactly
     1.0 falls in its own bin. PxAP is the area under the precision-recall curve, in percent.
+    Beside it, per image and threshold, the IoU of the predicted mask with the true one: mask
+    mIoU, the weakly supervised segmentation figure (BAS, ESOL, MARS), at a threshold chosen on
+    validation (:meth:`best_mask_threshold`).
     """
 
     thresholds: np.ndarray
     fg_hist: np.ndarray = field(init=False)
     bg_hist: np.ndarray = field(init=False)
+    iou_sum: np.ndarray = field(init=False)  # (T,) per threshold: the images' mask IoUs added up
+    images: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.thresholds = np.asarray(self.thresholds, dtype=np.float64)
         self._edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
         self.fg_hist = np.zeros(len(self._edges) - 1, dtype=np.float64)
         self.bg_hist = np.zeros(len(self._edges) - 1, dtype=np.float64)
+        self.iou_sum = np.zeros(len(self.thresholds), dtype=np.float64)
 
     def accumulate(self, scoremap: np.ndarray, gt_mask: np.ndarray, *, ignore: np.ndarray | None = None,
                    image_id: str | None = None) -> None:
@@ -190,15 +196,40 @@ class PxAPAccumulator:
         if gt_mask.shape != scoremap.shape:
             raise ValueError(f"mask shape {gt_mask.shape} != score map shape {scoremap.shape} (image {image_id!r})")
         keep = np.ones_like(gt_mask) if ignore is None else ~np.asarray(ignore, dtype=bool)
-        self.fg_hist += np.histogram(scoremap[gt_mask & keep], bins=self._edges)[0]
-        self.bg_hist += np.histogram(scoremap[~gt_mask & keep], bins=self._edges)[0]
+        fg = np.histogram(scoremap[gt_mask & keep], bins=self._edges)[0]
+        bg = np.histogram(scoremap[~gt_mask & keep], bins=self._edges)[0]
+        self.fg_hist += fg
+        self.bg_hist += bg
+        # this image's mask {map >= t} against the truth, at every threshold t: pixels at or above bin i
+        tp = fg[::-1].cumsum()[::-1][:len(self.thresholds)].astype(np.float64)
+        fp = bg[::-1].cumsum()[::-1][:len(self.thresholds)].astype(np.float64)
+        union = fg.sum() + fp  # tp + fp + fn
+        self.iou_sum += np.divide(tp, union, out=np.ones_like(tp), where=union > 0)
+        self.images += 1
 
     def merge(self, other: "PxAPAccumulator") -> "PxAPAccumulator":
         if not np.array_equal(self.thresholds, other.thresholds):
             raise ValueError("cannot merge PxAP accumulators with different thresholds")
         self.fg_hist = self.fg_hist + other.fg_hist  # not in place: see BoxAccumulator.merge
         self.bg_hist = self.bg_hist + other.bg_hist
+        self.iou_sum = self.iou_sum + other.iou_sum
+        self.images += other.images
         return self
+
+    def mask_miou(self) -> np.ndarray:
+        """``(T,)`` mean over images of the IoU of the mask ``{map >= t}`` with the true mask, in
+        percent, at each threshold ``t`` (an image with neither true nor predicted pixels counts 1)."""
+        if not self.images:
+            raise ValueError("no image accumulated")
+        return self.iou_sum / self.images * 100
+
+    def best_mask_threshold(self) -> float:
+        """The threshold of the highest mean mask IoU (chosen on validation, then used on test)."""
+        return float(self.thresholds[int(np.argmax(self.mask_miou()))])
+
+    def mask_miou_at(self, tau: float) -> float:
+        """Mean mask IoU (percent) at the accumulator's threshold nearest ``tau``."""
+        return float(self.mask_miou()[int(np.argmin(np.abs(self.thresholds - tau)))])
 
     def compute(self) -> float:
         """PxAP in percent. Raises if there is no positive ground truth or no positive prediction."""

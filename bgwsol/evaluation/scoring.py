@@ -110,10 +110,12 @@ class FinalEvaluation:
     test: dict[str, dict[str, float]]
     test_curves: dict[str, dict] = field(default_factory=dict)
     test_per_class: dict[str, dict[int, float]] = field(default_factory=dict)
+    mask_taus: dict[str, float] = field(default_factory=dict)  # variant -> mask threshold (validation masks only)
 
     def to_json(self) -> dict:
         return {"val": self.val, "test": self.test,
                 "taus_from_val": {v: {str(k): t for k, t in taus.items()} for v, taus in self.taus.items()},
+                "mask_tau_from_val": self.mask_taus,
                 "test_curves": self.test_curves,
                 "test_top1_loc_per_class": {v: {str(k): x for k, x in per.items()}
                                             for v, per in self.test_per_class.items()}}
@@ -126,12 +128,15 @@ def box_curves(ev: SplitEvaluation) -> dict:
 
 
 def summarize(val: dict[str, SplitEvaluation], test: dict[str, SplitEvaluation]) -> FinalEvaluation:
-    """Thresholds per variant from the merged validation accumulators, test metrics at them."""
+    """Thresholds per variant from the merged validation accumulators (box thresholds, and the
+    mask threshold of the best mask mIoU where validation has masks), test metrics at them."""
     taus = {name: ev.boxes.best_thresholds() for name, ev in val.items()}
+    mask_taus = {name: ev.pxap.best_mask_threshold() for name, ev in val.items() if ev.pxap is not None}
     return FinalEvaluation({n: ev.summary() for n, ev in val.items()}, taus,
-                           {n: ev.summary(taus[n]) for n, ev in test.items()},
+                           {n: ev.summary(taus[n], mask_taus.get(n)) for n, ev in test.items()},
                            {n: box_curves(ev) for n, ev in test.items()},
-                           {n: ev.boxes.top1_loc_per_class(taus[n][50]) for n, ev in test.items() if 50 in taus[n]})
+                           {n: ev.boxes.top1_loc_per_class(taus[n][50]) for n, ev in test.items() if 50 in taus[n]},
+                           mask_taus)
 
 
 def evaluate_checkpoint(state: dict, plan: DataPlan, worker: Worker, post_hoc: Iterable[str] = ()

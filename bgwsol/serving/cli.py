@@ -23,7 +23,9 @@ def localize_main(args: argparse.Namespace) -> int:
         return 2
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    failures = 0
+    if args.masks:
+        Path(args.masks).mkdir(parents=True, exist_ok=True)
+    failures, said = 0, False
     for path in args.images:
         try:
             image = read_image_file(path)  # upright RGB (EXIF orientation applied), bombs refused
@@ -35,7 +37,18 @@ def localize_main(args: argparse.Namespace) -> int:
         picture = out_dir / f"{Path(path).stem}_localized.png"
         overlay(np.asarray(image), r.heatmap, np.array([r.box]), np.zeros((0, 4)),
                 caption=f"{r.class_name} {r.score:.2f}").save(picture)
-        print(f"{path}\t{r.class_name}\tclass {r.label}\tscore {r.score:.3f}\tbox {list(r.box)}\t{picture}")
+        line = f"{path}\t{r.class_name}\tclass {r.label}\tscore {r.score:.3f}\tbox {list(r.box)}\t{picture}"
+        if args.masks:
+            from PIL import Image
+
+            mask, where = localizer.mask(r)
+            if not said:
+                print(f"masks: {where}", file=sys.stderr)
+                said = True
+            mask_file = Path(args.masks) / f"{Path(path).stem}_mask.png"
+            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_file)
+            line += f"\t{mask_file}"
+        print(line)
     if failures:
         print(f"{failures} of {len(args.images)} images skipped", file=sys.stderr)
     return 1 if failures else 0
@@ -80,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     loc = sub.add_parser("localize", help="class, score, box and a heatmap overlay for each image",
                          description="Prints one line per image (path, class name, class index, score, box as "
-                                     "inclusive x0 y0 x1 y1 pixels, overlay file) and writes a PNG with the heatmap, "
+                                     "inclusive x0 y0 x1 y1 pixels, overlay file, and with --masks the mask file) and writes a PNG with the heatmap, "
                                      "the box in red.")
     loc.add_argument("--model", required=True,
                      help="models:/bgwsol-ilsvrc@champion, runs:/<run id>/model, or a checkpoint (checkpoint.pt or the "
@@ -88,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     loc.add_argument("--tau", type=float, default=None, help="score-map threshold (default: the one registered with the model)")
     loc.add_argument("--out", default="localized", help="folder for the overlay PNGs (default: ./localized)")
+    loc.add_argument("--masks", default="", metavar="DIR",
+                     help="also write each image's object mask (PNG, 0/255, the image's size) here: the heatmap at the "
+                          "mask threshold chosen on validation masks (best mask mIoU), or at the box threshold for a "
+                          "model scored without masks (said once on stderr)")
     loc.add_argument("images", nargs="+", help="image files")
     loc.set_defaults(func=localize_main)
     from bgwsol.config import add_config_args

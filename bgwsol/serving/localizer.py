@@ -31,7 +31,8 @@ class Localization:
 
 class Localizer:
     """Wraps a checkpoint state (:mod:`bgwsol.checkpoint`'s layout) and an operating
-    threshold ``tau``: by default the one chosen on validation at IoU 50 (``taus[50]``), else 0.5."""
+    threshold ``tau``: by default the one chosen on validation at IoU 50 (``taus[50]``), else 0.5;
+    and, for :meth:`mask`, the mask threshold registered with it (``mask_tau``)."""
 
     def __init__(self, state: dict, tau: float | None = None):
         from bgwsol.checkpoint import model_from_state
@@ -40,6 +41,17 @@ class Localizer:
         self.classes = list(state["classes"])
         self.class_names = list(state.get("class_names") or self.classes)
         self.tau = float(tau if tau is not None else state.get("taus", {}).get(50, state.get("tau", 0.5)))
+        # the mask threshold chosen on validation masks (best mask mIoU); None when the data had none
+        self.mask_tau: float | None = state.get("mask_tau")
+
+    def mask(self, found: "Localization") -> tuple[np.ndarray, str]:
+        """``(bool (H, W) mask at the image's size, where its threshold came from)``: the heatmap at
+        the mask threshold chosen on validation, or, for a model trained without masks, at the box
+        threshold (IoU 50)."""
+        if self.mask_tau is not None:
+            return found.heatmap >= self.mask_tau, f"mask threshold {self.mask_tau:.2f} (best mask mIoU on validation)"
+        return found.heatmap >= self.tau, (f"mask threshold {self.tau:.2f} (the box threshold: the model was scored "
+                                           "without validation masks)")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, tau: float | None = None) -> "Localizer":

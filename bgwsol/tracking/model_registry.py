@@ -72,9 +72,10 @@ class RegistrationFailed(UserError, RuntimeError):
 
 def log_and_register(state: dict, *, tracking_uri: str, run_id: str, name: str, metric: float,
                      taus: dict[int, float], timeout_s: float = REGISTER_TIMEOUT_S,
-                     keep_dir: str | Path | None = None) -> Registration:
+                     keep_dir: str | Path | None = None, mask_tau: float | None = None) -> Registration:
     """Log ``state`` (a training checkpoint) with its operating thresholds ``taus`` (IoU percent
-    -> τ, chosen on validation) under MLflow run ``run_id``, register it as ``name`` and point
+    -> τ, chosen on validation; ``mask_tau`` the mask threshold, where validation had masks) under
+    MLflow run ``run_id``, register it as ``name`` and point
     ``champion`` at it only if ``metric`` (validation, higher is better) beats the current
     champion's.
 
@@ -95,7 +96,7 @@ def log_and_register(state: dict, *, tracking_uri: str, run_id: str, name: str, 
     done: dict = {}  # the steps that went through: model_uri, version
     attempt = None
     with tempfile.TemporaryDirectory() as d:
-        path = save_checkpoint(inference_state(state, taus), d)
+        path = save_checkpoint(inference_state(state, taus, mask_tau), d)
         while True:
             if not server_answers(tracking_uri):
                 cause = "it does not answer /health"

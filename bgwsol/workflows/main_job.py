@@ -114,7 +114,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             with stage("registry"):
                 registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
                                                 name=cfg.model_name or f"bgwsol-{cfg.dataset}", metric=metrics["score"],
-                                                taus=final.taus["main"])
+                                                taus=final.taus["main"], mask_tau=final.mask_taus.get("main"))
             test["bgwsol"] = rows["bgwsol (tuned)"] = final.test["main"]
             shown = {**state, "history": run_history(best_run)}  # the loss curves of the whole run
             scored.append(("bgwsol (tuned)", shown, final, "main"))

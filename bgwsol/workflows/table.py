@@ -12,7 +12,7 @@ import numpy as np
 # metric key -> column header, in table order (test split, percent)
 COLUMNS = {"maxboxacc_v2": "MaxBoxAccV2", "boxacc_v2_at_tau": "BoxAccV2 @ val τ", "maxboxacc_iou70": "IoU70",
            "gt_known_loc": "GT-known Loc", "top1_loc": "Top-1 Loc", "top5_loc": "Top-5 Loc", "top1_cls": "Top-1 cls",
-           "pxap": "PxAP"}
+           "pxap": "PxAP", "mask_miou": "mask mIoU"}
 RANK_METRIC = "maxboxacc_v2"  # what the ranking line (table, report, MLflow tag) orders methods by
 
 
