@@ -221,15 +221,46 @@ def part_etl(args) -> None:
     DataContext.get_current().enable_progress_bars = False
     cfg = ShardConfig(max_short_side=112, samples_per_shard=args.per_shard)
     rows = listing_rows(samples, [f"n{c:04d}" for c in range(args.classes)])
+    peak = WorkerPeak()
     t0 = time.perf_counter()
-    write_shard_set([SplitListing("train", rows)], str(args.work / "etl_out"), dataset="bench",
-                    classes=[f"n{c:04d}" for c in range(args.classes)], cfg=cfg)
+    with peak:
+        write_shard_set([SplitListing("train", rows)], str(args.work / "etl_out"), dataset="bench",
+                        classes=[f"n{c:04d}" for c in range(args.classes)], cfg=cfg)
     secs = time.perf_counter() - t0
     ray.shutdown()
     print(f"sources: {args.etl_images:,} JPEGs of 160x120 in {args.classes} classes (made in {made:.0f} s); "
-          f"{cpus} Ray CPUs, {args.per_shard} samples per shard")
-    print("| images | wall | images/s | per core |\n|---|---|---|---|")
-    print(f"| {args.etl_images:,} | {secs:.0f} s | {args.etl_images / secs:,.0f} | {args.etl_images / secs / cpus:,.0f} |")
+          f"{cpus} Ray CPUs, {args.per_shard} samples per shard; driver peak RSS {peak_rss_mib():.0f} MiB")
+    print("| images | wall | images/s | per core | peak RSS of one ETL worker process |\n|---|---|---|---|---|")
+    print(f"| {args.etl_images:,} | {secs:.0f} s | {args.etl_images / secs:,.0f} | {args.etl_images / secs / cpus:,.0f} "
+          f"| {peak.mib:.0f} MiB |")
+
+
+class WorkerPeak:
+    """The largest resident memory of a Ray worker process while it runs an ETL task (its title
+    ``ray::MapBatches(write_shards)``), sampled every 0.2 s from /proc: the tasks' own peak,
+    not the driver's (other Ray jobs on the machine are not counted)."""
+
+    def __enter__(self):
+        import threading
+
+        self.mib, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.2):
+            for proc in Path("/proc").iterdir():
+                try:
+                    if proc.name.isdigit() and b"write_shards" in (proc / "cmdline").read_bytes():
+                        rss = int((proc / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                        self.mib = max(self.mib, rss / 2**20)
+                except OSError:
+                    continue
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def main() -> None:

@@ -84,3 +84,43 @@ def test_git_state_outside_a_checkout_comes_from_the_job_environment(tmp_path, m
     monkeypatch.setenv("BGWSOL_GIT_DIRTY", "false")
     assert git_state(tmp_path) == {"git_sha": "0123abc", "git_dirty": "false"}
     assert len(git_state()["git_sha"]) == 40  # this checkout: git itself wins
+
+
+def slow_health_server(port: int, delay_s: float):
+    """A process that answers ``GET /health`` on ``port`` only after ``delay_s`` (a server still importing)."""
+    import subprocess
+    import sys
+
+    code = ("import time, http.server\n"
+            f"time.sleep({delay_s})\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            "        self.send_response(200); self.end_headers(); self.wfile.write(b'OK')\n"
+            "    def log_message(self, *a): pass\n"
+            f"http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n")
+    return subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+
+
+def test_a_slow_server_start_is_waited_for_only_on_a_busy_machine(tmp_path, monkeypatch, caplog):
+    """The main job's own MLflow server: on an idle machine the wait ends at ``timeout_s``; on a
+    busy one (load at or above the CPU count) it extends to ``busy_timeout_s``, said once."""
+    from bgwsol.tracking import local_server
+    from bgwsol.tracking.local_server import LocalMlflowServer
+
+    port = free_port()
+    monkeypatch.setattr(local_server, "machine_busy", lambda: False)
+    idle = LocalMlflowServer(tmp_path, port, slow_health_server(port, 4.0))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=rf"did not answer on http://127.0.0.1:{port} within 1 s; see .*server.log"):
+        idle.wait_ready(timeout_s=1.0, busy_timeout_s=30.0)
+    assert time.monotonic() - t0 < 4.0 and idle.process.poll() is not None  # given up on, and stopped
+    port = free_port()
+    monkeypatch.setattr(local_server, "machine_busy", lambda: True)
+    busy = LocalMlflowServer(tmp_path, port, slow_health_server(port, 2.0))
+    try:
+        with caplog.at_level("WARNING", logger="bgwsol"):
+            assert busy.wait_ready(timeout_s=0.5, busy_timeout_s=60.0) is busy
+        said = [r.getMessage() for r in caplog.records if "on a busy machine" in r.getMessage()]
+        assert len(said) == 1 and "waiting up to 60 s" in said[0]
+    finally:
+        busy.stop()
