@@ -131,4 +131,5 @@ def test_a_failure_in_the_box_search_reaches_the_caller():
         yield from _batches(2)
 
     with pytest.raises(ValueError):
-        evaluate(_Maps(), {"a": _Variant(1.0)}, broken(), EvalConfig(cam_curve_interval=0.05, scoremap_size=32))
+        evaluate(_Maps(), {"a": _Variant(1.0)}, broken(), EvalConfig(cam_curve_interval=0.05, scoremap_size=32),
+                 overlap=True)

@@ -79,7 +79,8 @@ def batch_targets(batch: dict, size: int):
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterable[dict], cfg: EvalConfig,
-             device: torch.device | str = "cpu", preprocess=None, overlap: bool = True) -> dict[str, SplitEvaluation]:
+             device: torch.device | str = "cpu", preprocess=None, overlap: bool | None = None
+             ) -> dict[str, SplitEvaluation]:
     """Score every image of a split under each named map variant (``methods``).
 
     The map for each image uses its ground-truth class (GT-known, as wsolevaluation);
@@ -89,8 +90,12 @@ def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterabl
 
     ``overlap``: the box search of a batch (CPU, numba without the GIL) runs in one helper
     thread while the model computes the next batch's maps; batches are scored in loader order,
-    so the numbers are those of ``overlap=False`` (BENCHMARKS.md, "box search beside the model").
+    so the numbers are those of ``overlap=False``. By default on when the model runs on a GPU
+    (the CPU then idles while the GPU computes); off on CPU, where the model and the search
+    share the same cores (``benchmarks/bench_eval_overlap.py`` measures both).
     """
+    if overlap is None:
+        overlap = torch.device(device).type == "cuda"
     model.eval()
     evals = {name: new_evaluation(cfg, True) for name in methods}
     size = cfg.scoremap_size
