@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from bgwsol.config import RunConfig, option, replace, to_dict
-from bgwsol.training.distributed import ClusterConfig, fit
+from bgwsol.training.distributed import ClusterConfig, fit, load_result
 from bgwsol.data.plan import RunData
 from bgwsol.tracking.runs import TrackingConfig
 
@@ -70,8 +70,24 @@ def _trial(config: dict, *, base: RunConfig, data: RunData, cluster: ClusterConf
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    fit(trial_config(base, config), data, replace(cluster, run_name=f"{tune_name}-{trial_id}"), tracking=tracking,
-        callbacks=[TuneReportCallback()], parent_run_id=parent_run_id)
+    cfg, name = trial_config(base, config), f"{tune_name}-{trial_id}"
+    finished = _finished_run_metrics(cluster.storage_path, name, cfg.train.epochs)
+    if finished is not None:
+        # the job stopped after Ray Train committed the run's last epoch but before Tune recorded the
+        # trial's end: a restored trial would train nothing and report nothing, so it reports that epoch
+        tune.report(finished)
+        return
+    fit(cfg, data, replace(cluster, run_name=name), tracking=tracking, callbacks=[TuneReportCallback()],
+        parent_run_id=parent_run_id)
+
+
+def _finished_run_metrics(storage_path: str, name: str, epochs: int) -> dict | None:
+    """The last epoch's metrics of Ray Train run ``name`` if it has committed all ``epochs``, else None."""
+    try:
+        metrics = load_result(storage_path, name).metrics or {}
+    except Exception:  # noqa: BLE001 - no run there yet (or not one Ray Train can read): train it
+        return None
+    return dict(metrics) if metrics.get("epoch", -1) >= epochs - 1 else None
 
 
 def concurrency(cluster: ClusterConfig, search: SearchConfig) -> int:
