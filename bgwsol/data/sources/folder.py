@@ -193,12 +193,13 @@ def read_folder(root: str | Path | SourceTree, val_fraction: float = 0.5,
     train, boxed = _label(tree, listed, classes, counts)
     counts.images, counts.boxed_images = len(train) + len(boxed), len(boxed)
     if eval_root is None:
-        val = [s for s in boxed if in_eval_pool(s.image_id, val_fraction) == "val"]
-        test = [s for s in boxed if in_eval_pool(s.image_id, val_fraction) == "test"]
         if not boxed:
             raise DatasetFormatError(f"{tree.url}: no image has a box of its own class (VOC XML beside the images or "
                                      f"under {ANNOTATIONS_DIR}/, or {COCO_FILE}): nothing to validate and test on")
-        return train, val, test, classes, counts
+        pool = {"val": [], "test": []}
+        for sample in boxed:  # each id hashed once
+            pool[in_eval_pool(sample.image_id, val_fraction)].append(sample)
+        return train, pool["val"], pool["test"], classes, counts
     eval_tree = SourceTree(eval_root)
     eval_listed = _class_images(eval_tree)
     unknown = sorted(set(eval_listed[0]) - set(classes))
