@@ -31,3 +31,15 @@ def test_a_trial_asha_stops_is_said_so(caplog):
     with caplog.at_level(logging.INFO, logger="bgwsol.training.tune"):
         lines.on_trial_complete(0, [weak], weak)
     assert "stopped by ASHA after 1 epoch(s); 1 of 3 trials done" in caplog.records[-1].getMessage()
+
+
+def test_a_restored_trial_that_reports_its_committed_last_epoch_is_finished(caplog):
+    """The job stopped after Ray Train committed the run's last epoch: the restored trial reports
+    that epoch once (Tune's count is 1), and the line counts the run's epochs, not Tune's reports."""
+    from bgwsol.training.tune import trial_lines
+
+    lines = trial_lines(total=1, metric="val_top1_loc", mode="max", epochs=2)
+    restored = SimpleNamespace(trial_id="d4", status="RUNNING", last_result={"training_iteration": 1, "epoch": 1})
+    with caplog.at_level(logging.INFO, logger="bgwsol.training.tune"):
+        lines.on_trial_complete(0, [restored], restored)
+    assert "trial d4 finished after 2 epoch(s); 1 of 1 trials done" in caplog.records[-1].getMessage()

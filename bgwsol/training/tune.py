@@ -90,6 +90,15 @@ def _finished_run_metrics(storage_path: str, name: str, epochs: int) -> dict | N
     return dict(metrics) if metrics.get("epoch", -1) >= epochs - 1 else None
 
 
+def _epochs_trained(result: dict) -> int:
+    """Epochs a trial's run has trained, from its last Tune result: the run's own epoch (0-based)
+    + 1, not Tune's report count, which restarts when a restored trial reports a run that had
+    already committed its last epoch (:func:`_finished_run_metrics`)."""
+    if "epoch" in result:
+        return int(result["epoch"]) + 1
+    return int(result.get("training_iteration", 0))
+
+
 def concurrency(cluster: ClusterConfig, search: SearchConfig) -> int:
     """Trials that fit the cluster at once: its CPUs over the CPUs one trial's workers reserve."""
     import ray
@@ -145,15 +154,15 @@ def trial_lines(total: int, metric: str, mode: str, epochs: int, tune_name: str 
                 release_in_background(f"{tune_name}-{trial.trial_id}")
             # trials that ended before a restore count too: Tune hands every trial to the callback
             self.done |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id}
-            epochs = (trial.last_result or {}).get("training_iteration", 0)
+            trained = _epochs_trained(trial.last_result or {})
             mine = self.best_of.get(trial.trial_id)
             leader = better(self.best_of.items(), key=lambda kv: kv[1]) if self.best_of else None
-            log.info("search: trial %s %s after %d epoch(s)%s; %d of %d trials done%s", trial.trial_id, how, epochs,
+            log.info("search: trial %s %s after %d epoch(s)%s; %d of %d trials done%s", trial.trial_id, how, trained,
                      f", best {metric} {mine:.1f}" if mine is not None else "", len(self.done), total,
                      f", best so far {leader[1]:.1f} (trial {leader[0]})" if leader else "")
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            trained = (trial.last_result or {}).get("training_iteration", 0)
+            trained = _epochs_trained(trial.last_result or {})
             self._ended(trial, "finished" if trained >= epochs else "stopped by ASHA", trials)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
