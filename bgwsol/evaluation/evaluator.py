@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from bgwsol.evaluation.boxes import resize_boxes
 from bgwsol.config import EvalConfig
 from bgwsol.methods.base import Method, minmax
+from bgwsol.models.precision import InferencePrecision, inference_precision
 from bgwsol.evaluation.metrics import BoxAccumulator, ClassificationAccumulator, PxAPAccumulator, cam_thresholds, mean_over
 
 
@@ -79,13 +80,14 @@ def batch_targets(batch: dict, size: int):
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterable[dict], cfg: EvalConfig,
-             device: torch.device | str = "cpu", preprocess=None, overlap: bool | None = None
-             ) -> dict[str, SplitEvaluation]:
+             device: torch.device | str = "cpu", preprocess=None, overlap: bool | None = None,
+             precision: InferencePrecision | None = None) -> dict[str, SplitEvaluation]:
     """Score every image of a split under each named map variant (``methods``).
 
     The map for each image uses its ground-truth class (GT-known, as wsolevaluation);
     top-1/top-5 hits from the logits feed Top-k Loc. PxAP is kept only if every image has a
-    mask. ``preprocess`` maps the batch's images on ``device`` before the model (e.g.
+    mask. The model runs in ``precision``, by default ``cfg.precision`` on ``device``
+    (:mod:`bgwsol.models.precision`; made channels_last in place). ``preprocess`` maps the batch's images on ``device`` before the model (e.g.
     :func:`bgwsol.data.loader.normalize` for uint8 shard batches). Returns one evaluation per variant.
 
     ``overlap``: the box search of a batch (CPU, numba without the GIL) runs in one helper
@@ -96,7 +98,8 @@ def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterabl
     """
     if overlap is None:
         overlap = torch.device(device).type == "cuda"
-    model.eval()
+    precision = precision or inference_precision(device, cfg.precision)
+    precision.prepare(model)
     evals = {name: new_evaluation(cfg, True) for name in methods}
     size = cfg.scoremap_size
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="box-search") as scorer:
@@ -106,7 +109,7 @@ def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterabl
             if preprocess is not None:
                 images = preprocess(images)
             labels = torch.as_tensor(batch["label"], device=device)
-            outputs = model(images)
+            outputs = precision.forward(model, images)
             scored = (evals, batch, size, outputs["logits"].float().cpu().numpy(), labels.cpu().numpy(),
                       {name: upsample_maps(m.scoremaps(outputs, labels), size).cpu().numpy()
                        for name, m in methods.items()})
@@ -139,16 +142,18 @@ def _score_batch(evals: dict[str, SplitEvaluation], batch: dict, size: int, logi
 
 @torch.no_grad()
 def overlay_grid(model: torch.nn.Module, methods: dict[str, Method], batch: dict, size: int, tau: float,
-                 device: torch.device | str = "cpu", preprocess=None, count: int = 8):
+                 device: torch.device | str = "cpu", preprocess=None, count: int = 8, precision: str = "fp32"):
     """A picture of the first ``count`` images of an evaluation batch: one row per map variant
-    in ``methods`` (heatmap, predicted boxes at ``tau`` in red, ground truth in green)."""
+    in ``methods`` (heatmap, predicted boxes at ``tau`` in red, ground truth in green); the model
+    runs in ``precision`` (as :func:`evaluate` does)."""
     from bgwsol.evaluation.scoremaps import boxes_at_threshold
     from bgwsol.evaluation.viz import grid, overlay
 
-    model.eval()
+    run = inference_precision(device, precision)
+    run.prepare(model)
     images = batch["image"][:count].to(device)
     labels = torch.as_tensor(batch["label"][:count], device=device)
-    outputs = model(preprocess(images) if preprocess is not None else images)
+    outputs = run.forward(model, preprocess(images) if preprocess is not None else images.float())
     pixels = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
     pixels = pixels.clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     sub = {k: (v[:count] if isinstance(v, list) else v) for k, v in batch.items()}

@@ -170,15 +170,17 @@ def score_examples(state: dict, variants: dict[str, float], test_urls: list[str]
     from bgwsol.data.loader import normalize
     from bgwsol.evaluation.evaluator import batch_targets, upsample_maps
     from bgwsol.evaluation.scoremaps import best_iou_per_threshold
+    from bgwsol.models.precision import inference_precision
 
     model, method, cfg = model_from_state(state)
     batch = overlay_batch(test_urls, cfg.data.input_size, scan)
     size = cfg.eval.scoremap_size
     targets = list(batch_targets(batch, size))
     labels = torch.as_tensor(batch["label"])
-    model.eval()
+    precision = inference_precision("cpu", cfg.eval.precision)  # as the evaluation that chose tau ran it
+    precision.prepare(model)
     with torch.no_grad():
-        outputs = model(normalize(batch["image"]))
+        outputs = precision.forward(model, normalize(batch["image"]))
         own = map_variants(method)
         known = map_variants(method, [v for v in variants if v not in own])  # post-hoc maps (eigencam) too
         found = {}

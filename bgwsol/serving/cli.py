@@ -16,7 +16,7 @@ def localize_main(args: argparse.Namespace) -> int:
     from bgwsol.evaluation.viz import overlay
 
     try:
-        localizer = load_localizer(args.model, args.tau, args.tracking_uri)
+        localizer = load_localizer(args.model, args.tau, args.tracking_uri, args.precision)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported with the model named
         print(f"error: cannot load model {args.model!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
               file=sys.stderr)
@@ -68,7 +68,7 @@ def serve_main(args: argparse.Namespace) -> int:
     if problems:
         return report_problems(problems)
     try:  # the model must load here before any replica tries
-        localizer = load_localizer(cfg.model, None if cfg.tau < 0 else cfg.tau, cfg.tracking_uri)
+        localizer = load_localizer(cfg.model, None if cfg.tau < 0 else cfg.tau, cfg.tracking_uri, cfg.precision)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported with the model named
         print(f"error: cannot load model {cfg.model!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
               file=sys.stderr)
@@ -79,6 +79,7 @@ def serve_main(args: argparse.Namespace) -> int:
     try:
         url = start(cfg)
         print(f"serving {cfg.model} ({len(localizer.class_names)} classes, tau {localizer.tau:.2f}, "
+              f"{localizer.precision.describe()}, "
               f"{cfg.replicas} replica(s), batches of up to {cfg.max_batch_size})\n"
               f"  curl -X POST --data-binary @IMAGE.jpg -H 'Content-Type: image/jpeg' {url}/localize\n"
               f"  health: {url}/health; Ctrl-C stops", flush=True)
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "checkpoint_* folder holding it)")
     loc.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     loc.add_argument("--tau", type=float, default=None, help="score-map threshold (default: the one registered with the model)")
+    loc.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                     help="fp32 (default, channels_last); bf16: bf16 autocast, about 2x faster on a CPU with native "
+                          "bf16 (AVX-512 BF16 or AMX; refused elsewhere), same classes, boxes moved by a few pixels")
     loc.add_argument("--out", default="localized", help="folder for the overlay PNGs (default: ./localized)")
     loc.add_argument("--masks", default="", metavar="DIR",
                      help="also write each image's object mask (PNG, 0/255, the image's size) here: the heatmap at the "

@@ -13,7 +13,10 @@ Routes (FastAPI, behind Ray Serve's proxy):
 * ``GET /health``: the model, its classes and τ (200 once the replica has loaded it).
 
 Requests are batched per replica (:func:`ray.serve.batch`: up to ``max_batch_size`` images,
-waiting at most ``batch_wait_s`` for a batch to fill); replicas scale the service out. τ and
+waiting at most ``batch_wait_s`` for a batch to fill); replicas scale the service out. A JPEG is
+decoded only as large as the model needs (draft mode) unless the overlay picture is asked for;
+decoding and the forward pass run in threads, so a replica decodes and batches the next requests
+while the model computes. The model runs in channels_last, fp32 or bf16 (``precision``). τ and
 the class names are the registered model's (chosen on validation when it was trained).
 """
 
@@ -42,6 +45,8 @@ class ServeConfig:
     max_batch_size: int = option(8, "images batched into one forward pass (1: no batching)")
     batch_wait_s: float = option(0.01, "longest wait for a batch to fill, seconds")
     max_body_bytes: int = option(10 * 2**20, "largest request body accepted (413 above it)")
+    precision: str = option("fp32", "fp32 (channels_last), or bf16 autocast: about 2x faster on a CPU with native bf16 "
+                                    "(refused elsewhere), same classes, boxes moved by a few pixels")
 
 
 def serve_problems(cfg: ServeConfig) -> list[str]:
@@ -59,6 +64,12 @@ def serve_problems(cfg: ServeConfig) -> list[str]:
         problems.append(f"--batch_wait_s {cfg.batch_wait_s}: must not be negative")
     if cfg.cpus_per_replica < 0:
         problems.append(f"--cpus_per_replica {cfg.cpus_per_replica}: must not be negative")
+    from bgwsol.models.precision import PRECISIONS, precision_problem
+
+    if cfg.precision not in PRECISIONS:
+        problems.append(f"--precision {cfg.precision!r}: must be one of {', '.join(PRECISIONS)}")
+    elif precision_problem(cfg.precision, "cpu"):
+        problems.append(f"--precision {cfg.precision!r}: {precision_problem(cfg.precision, 'cpu')}")
     return problems
 
 
@@ -89,8 +100,10 @@ class BadRequest(Exception):
         self.status, self.detail = status, detail
 
 
-async def read_image(request, max_body_bytes: int):
-    """The request's image as an upright RGB PIL image; :class:`BadRequest` for what cannot be one."""
+async def read_image(request, max_body_bytes: int, min_short_side: int = 0):
+    """``(upright RGB PIL image, (w, h) at full size)`` of the request's body; :class:`BadRequest`
+    for what cannot be one. A JPEG is decoded at the smallest DCT scale that keeps a short side of
+    at least ``min_short_side`` pixels (0: full size), the rest at full size."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
@@ -114,13 +127,14 @@ async def read_image(request, max_body_bytes: int):
         raise BadRequest(400, "empty body: send the image's bytes")
     if len(data) > max_body_bytes:
         raise BadRequest(413, f"body of {len(data)} bytes is over the limit of {max_body_bytes}")
+    import asyncio
+
     from bgwsol.data.images import RejectedImage, decode_rgb
 
-    try:
-        image, _ = decode_rgb(data)  # upright RGB (EXIF orientation applied), bombs refused
+    try:  # in a thread (PIL decodes without the GIL): the replica takes requests meanwhile
+        return await asyncio.to_thread(decode_rgb, data, min_short_side)  # upright RGB, bombs refused
     except RejectedImage as exc:
         raise BadRequest(400, f"the body is not an image bgwsol reads: {exc}") from exc
-    return image
 
 
 def build_app(cfg: ServeConfig):
@@ -142,7 +156,7 @@ def build_app(cfg: ServeConfig):
             torch.set_num_threads(max(1, int(config.cpus_per_replica)))
             self.config = config
             self.localizer = load_localizer(config.model, None if config.tau < 0 else config.tau,
-                                            config.tracking_uri)
+                                            config.tracking_uri, config.precision)
             self.predict.set_max_batch_size(config.max_batch_size)
             self.predict.set_batch_wait_timeout_s(config.batch_wait_s)
 
@@ -153,19 +167,26 @@ def build_app(cfg: ServeConfig):
 
         @api.post("/localize")
         async def localize(self, request: Request, heatmap: bool = False):
+            # without the overlay picture, a JPEG is decoded only as large as the model needs (draft mode)
+            draft = 0 if heatmap else self.localizer.cfg.data.input_size
             try:
-                image = await read_image(request, self.config.max_body_bytes)
+                image, size = await read_image(request, self.config.max_body_bytes, draft)
             except BadRequest as bad:
                 return JSONResponse({"detail": bad.detail}, status_code=bad.status)
-            result = await self.predict(image)
+            result = await self.predict((image, size))
             body = answer(result, self.localizer.tau)
             if heatmap:
                 body["heatmap_png"] = base64.b64encode(overlay_png(result, image)).decode()
             return body
 
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-        async def predict(self, images: list) -> list:
-            return self.localizer.batch(images)
+        async def predict(self, requests: list) -> list:
+            """``[(image, (w, h) at full size)]`` -> one Localization each, in one forward pass (in a
+            thread: the replica decodes the next requests and fills the next batch meanwhile)."""
+            import asyncio
+
+            images, sizes = zip(*requests)
+            return await asyncio.to_thread(self.localizer.batch, list(images), list(sizes))
 
     return BgwsolLocalizer.bind(cfg)
 

@@ -6,9 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from bgwsol.models.precision import InferencePrecision
 
 
 @dataclass
@@ -34,10 +39,14 @@ class Localizer:
     threshold ``tau``: by default the one chosen on validation at IoU 50 (``taus[50]``), else 0.5;
     and, for :meth:`mask`, the mask threshold registered with it (``mask_tau``)."""
 
-    def __init__(self, state: dict, tau: float | None = None):
+    def __init__(self, state: dict, tau: float | None = None, precision: "str | InferencePrecision" = "fp32"):
         from bgwsol.checkpoint import model_from_state
+        from bgwsol.models.precision import inference_precision
 
         self.model, self.method, self.cfg = model_from_state(state)
+        # channels_last, fp32 or bf16 autocast (bgwsol.models.precision)
+        self.precision = inference_precision("cpu", precision) if isinstance(precision, str) else precision
+        self.precision.prepare(self.model)
         self.classes = list(state["classes"])
         self.class_names = list(state.get("class_names") or self.classes)
         self.tau = float(tau if tau is not None else state.get("taus", {}).get(50, state.get("tau", 0.5)))
@@ -54,34 +63,35 @@ class Localizer:
                                            "without validation masks)")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, tau: float | None = None) -> "Localizer":
+    def from_checkpoint(cls, path: str | Path, tau: float | None = None, precision: str = "fp32") -> "Localizer":
         """From ``checkpoint.pt`` or the folder holding it (a run's checkpoint or a registered model's)."""
         from bgwsol.checkpoint import load_checkpoint
 
-        return cls(load_checkpoint(path), tau)
+        return cls(load_checkpoint(path), tau, precision)
 
     def __call__(self, image: Image.Image) -> Localization:
         return self.batch([image])[0]
 
     @torch.no_grad()
-    def batch(self, images: list[Image.Image]) -> list[Localization]:
-        """Localize several images in one forward pass (each resized to the input size; boxes
-        and heatmaps come back at each image's own size)."""
+    def batch(self, images: list[Image.Image], sizes: list[tuple[int, int]] | None = None) -> list[Localization]:
+        """Localize several images in one forward pass (each resized to the input size). Boxes and
+        heatmaps come back at each image's own size, or at ``sizes`` ``[(w, h)]`` where given: the
+        full size of an image decoded smaller (JPEG draft mode, :func:`bgwsol.data.images.decode_rgb`)."""
         from bgwsol.data.loader import normalize, pil_to_uint8
         from bgwsol.evaluation.evaluator import upsample_maps
         from bgwsol.evaluation.scoremaps import boxes_at_threshold
 
         images = [image.convert("RGB") for image in images]
+        sizes = sizes or [image.size for image in images]
         size = self.cfg.data.input_size
         x = normalize(torch.stack([pil_to_uint8(image.resize((size, size), Image.BILINEAR)) for image in images]))
-        out = self.model(x)
-        probs = torch.softmax(out["logits"].float(), 1)
+        out = self.precision.forward(self.model, x)
+        probs = torch.softmax(out["logits"], 1)
         labels = probs.argmax(1)
         s = self.cfg.eval.scoremap_size
         smaps = upsample_maps(self.method.scoremaps(out, labels), s).numpy()
         found = []
-        for image, label, row, smap in zip(images, labels.tolist(), probs, smaps):
-            w, h = image.size
+        for (w, h), label, row, smap in zip(sizes, labels.tolist(), probs, smaps):
             x0, y0, x1, y1 = (int(v) for v in boxes_at_threshold(smap, self.tau)[0])
             box = (int(x0 * w / s), int(y0 * h / s), min(w - 1, int(x1 * w / s)), min(h - 1, int(y1 * h / s)))
             heat = np.asarray(Image.fromarray((smap * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR),
@@ -109,13 +119,14 @@ def registered_artifacts(model: str, tracking_uri: str) -> str:
     return client.get_model_version_download_uri(name, version)
 
 
-def load_localizer(model: str, tau: float | None, tracking_uri: str):
+def load_localizer(model: str, tau: float | None, tracking_uri: str, precision: str = "fp32"):
     """A Localizer from a checkpoint (``checkpoint.pt`` or its folder) or a registered model URI
-    (``models:/name@alias``, ``runs:/...``): the checkpoint file the registry logged with it."""
+    (``models:/name@alias``, ``runs:/...``): the checkpoint file the registry logged with it;
+    running in ``precision`` (``fp32`` or ``bf16``, :mod:`bgwsol.models.precision`)."""
     from bgwsol.checkpoint import CHECKPOINT_FILE
 
     if Path(model).exists():
-        return Localizer.from_checkpoint(model, tau)
+        return Localizer.from_checkpoint(model, tau, precision)
     import mlflow.artifacts
 
     folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=registered_artifacts(model, tracking_uri),
@@ -123,4 +134,4 @@ def load_localizer(model: str, tau: float | None, tracking_uri: str):
     found = sorted(folder.rglob(CHECKPOINT_FILE))
     if not found:
         raise FileNotFoundError(f"{model} holds no {CHECKPOINT_FILE}: not a bgwsol model")
-    return Localizer.from_checkpoint(found[0], tau)
+    return Localizer.from_checkpoint(found[0], tau, precision)

@@ -28,6 +28,7 @@ from bgwsol.checkpoint import build_model
 from bgwsol.config import RunConfig, to_dict
 from bgwsol.data.plan import DataPlan, Worker
 from bgwsol.evaluation.evaluator import overlay_grid
+from bgwsol.models.precision import fp32_outputs
 from bgwsol.evaluation.scoring import evaluate_part, gather_evaluations, map_variants, overlay_batch
 from bgwsol.methods import Method, build_method
 from bgwsol.progress import ProgressSender
@@ -55,7 +56,7 @@ def compute_losses(model: torch.nn.Module, method: Method, images: torch.Tensor,
         return method.losses(model(images), labels, epoch)
     with torch.autocast(images.device.type, dtype=amp_dtype):
         outputs = model(images)
-    return method.losses({k: v.float() for k, v in outputs.items()}, labels, epoch)
+    return method.losses(fp32_outputs(outputs), labels, epoch)  # not BAS's erased_cams function
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.SGD:
@@ -145,8 +146,7 @@ def build_training(cfg: RunConfig, plan: DataPlan, worker: Worker) -> Training:
     method = build_method(cfg.method)
     seed_everything(cfg.train.seed)
     core = build_model(cfg, len(plan.classes), method).to(worker.device)
-    if worker.amp:
-        core = core.to(memory_format=torch.channels_last)
+    core = core.to(memory_format=worker.memory_format)
     model = core
     if worker.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -265,7 +265,7 @@ def log_overlays(training: Training, logger: EpochLogger, batch: dict, tau: floa
     from bgwsol.data.loader import normalize
 
     picture = overlay_grid(training.core, map_variants(training.method), batch, training.cfg.eval.scoremap_size, tau,
-                           training.worker.device, preprocess=normalize)
+                           training.worker.device, preprocess=normalize, precision=training.cfg.eval.precision)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"overlays_epoch{epoch:03d}.png"
         picture.save(path)
