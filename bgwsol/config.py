@@ -66,6 +66,12 @@ class MethodConfig:
     bas_lambda_ac: float = option(1.0, "BAS: weight of the activation map constraint (erased / full activation of the true class)")
     bas_lambda_area: float = option(1.0, "BAS: weight of the area constraint mean(M_y)")
     bas_lambda_fg: float = option(1.0, "BAS: weight of the foreground guidance CE(GAP(M_y * A))")
+    bas_activation: Literal["pixel", "pooled"] = option(
+        "pixel", "BAS: the class's activation S as mean(relu(A_y)) ('pixel'; the CVPR code, whose head ends in a ReLU) "
+                 "or relu(mean(A_y)) ('pooled'; BAS-Extension)")
+    bas_map: Literal["class", "mean"] = option(
+        "class", "BAS: localization map from the class's own foreground map, or the mean of every class's ('mean'; "
+                 "the authors' top-k over all classes on CUB)")
     bas_warmup_epochs: int = option(2, "BAS: epochs of classification alone before its map terms switch on (from scratch, "
                                        "the map collapses to 0 before the classifier can tell it where the class is)")
 
@@ -79,6 +85,8 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum")
     warmup_epochs: float = option(1.0, "linear learning-rate warmup, in epochs")
     seed: int = option(0, "seed for weights, sampling and augmentation")
+    head_lr_mult: float = option(1.0, "learning rate of the layers the method adds (classifier, heads) as a multiple "
+                                      "of the backbone's train.lr (the BAS authors: 10)")
     eval_every: int = option(1, "evaluate on validation every N epochs (and at the end)")
     log_every: int = option(20, "log loss terms every N steps")
 

@@ -18,9 +18,17 @@ best checkpoint by validation is then scored on validation (thresholds) and test
 on the workers. Runs go side by side as far as the cluster's CPUs allow; their checkpoints go
 to --cluster.storage_path (default <output_dir>/runs) and a rerun continues them.
 
+With --tune N each trained method gets the same budget: per seed a Ray Tune search (Optuna +
+ASHA) of N trials over that method's own settings (CAM: learning rates; BAS: its weights,
+warm-up and the authors' variants; bgwsol: its loss weights, map mix and learning rates), the
+configured settings as the first trial; the best trial is chosen on validation as the main job
+chooses, then read once on test. The table ends with the settings each search chose.
+
     python flows/compare_methods.py                               # 3 seeds on the synthetic set
     python flows/compare_methods.py --seeds 0 --methods cam eigencam --run.train.epochs 2
     python flows/compare_methods.py --dataset cub --source CUB_200_2011 --background bg/ --seeds 0
+    python flows/compare_methods.py --config benchmarks/real_photos.yaml --source ../shared/realdata/animals_cub \\
+        --background ../shared/realdata/background --tune 4       # every method tuned, 4 trials each
     ray job submit --working-dir . -- python flows/compare_methods.py --ray.address auto \\
         --cluster.num_workers 4 --cluster.use_gpu --shards_dir s3://bucket/shards \\
         --tracking.tracking_uri http://mlflow:5000

@@ -175,3 +175,37 @@ def test_losses_on_a_real_network_backpropagate_to_every_part():
     terms["loss"].backward()
     for part in (net.fg_generator, net.classifier, net.backbone):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+
+
+def test_the_authors_variants_are_switches():
+    """bas_activation 'pooled' is BAS-Extension's relu(mean(A_y)); bas_map 'mean' averages every
+    class's map (class-agnostic); train.head_lr_mult puts the added layers at that multiple of the
+    backbone's learning rate."""
+    from bgwsol.checkpoint import build_model
+    from bgwsol.config import RunConfig, replace
+    from bgwsol.methods import build_method
+    from bgwsol.methods.bas import activation
+    from bgwsol.training.engine import make_optimizer
+
+    cams = torch.tensor([[[[2.0, -4.0]]], [[[1.0, 1.0]]]])  # (2, 1, 1, 2)
+    classes = torch.tensor([0, 0])
+    assert activation(cams, classes).tolist() == [1.0, 1.0]  # mean(relu): the -4 is dropped
+    assert activation(cams, classes, pooled=True).tolist() == [0.0, 1.0]  # relu(mean): -1 -> 0
+
+    fg_logits = torch.tensor([[[[0.0, 4.0]], [[4.0, 0.0]]]])  # (1, 2 classes, 1, 2): opposite maps
+    outputs = {"fg_logits": fg_logits}
+    own = build_method(replace(RunConfig(), **{"method.name": "bas"}).method)
+    mean = build_method(replace(RunConfig(), **{"method.name": "bas", "method.bas_map": "mean"}).method)
+    assert own.scoremaps(outputs, torch.tensor([0])).flatten().tolist() == pytest.approx([0.0, 1.0], abs=1e-5)
+    flat = mean.scoremaps(outputs, torch.tensor([0]))
+    assert flat.shape == (1, 1, 2) and torch.equal(flat, mean.scoremaps(outputs, torch.tensor([1])))
+
+    cfg = replace(RunConfig(), **{"method.name": "bas", "model.backbone": "tiny", "train.lr": 0.01,
+                                  "train.head_lr_mult": 10.0})
+    model = build_model(cfg, 3, build_method(cfg.method))
+    groups = make_optimizer(model, cfg).param_groups
+    backbone = {id(p) for p in model.backbone.parameters()}
+    assert [g["lr"] for g in groups] == [0.01, 0.01, 0.1, 0.1]
+    assert all(id(p) in backbone for g in groups[:2] for p in g["params"])
+    assert {id(p) for g in groups[2:] for p in g["params"]} == {id(p) for p in model.parameters()} - backbone
+    assert len(make_optimizer(model, replace(cfg, **{"train.head_lr_mult": 1.0})).param_groups) == 2

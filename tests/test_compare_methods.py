@@ -136,3 +136,30 @@ def test_loss_panels_are_titled_by_their_run_and_show_every_epoch_with_the_best_
         assert list(loss.get_xdata()) == list(range(1, 9))  # every epoch, not only up to the best
         marked = [line for line in ax.get_lines() if line.get_label() == "best epoch (kept)"]
         assert len(marked) == 1 and list(marked[0].get_xdata()) == [best + 1, best + 1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tune_searches_each_method_on_validation_and_says_what_it_chose(tiny_synthetic, ray_local, tmp_path):
+    """--tune 2: a Ray Tune search of 2 trials over CAM's own settings (the configured ones first),
+    the best trial by validation scored once on test; the table says the settings it ended with."""
+    from bgwsol.training.tune import SPACES
+
+    paths, _ = tiny_synthetic
+    out = tmp_path / "cmp"
+    rc = load_flow("compare_methods").main(["--source", str(paths.ilsvrc), "--background", str(paths.background),
+                                            "--seeds", "0", "--methods", "cam", "--tune", "2",
+                                            "--output_dir", str(out), "--shards_dir", str(tmp_path / "shards"),
+                                            "--etl.val_fraction", "0.3", "--etl.max_short_side", "64",
+                                            "--run.data.input_size", "48", "--run.train.epochs", "1",
+                                            "--run.train.batch_size", "8", "--run.eval.cam_curve_interval", "0.05",
+                                            "--search.lr", "0.01", "0.05"])
+    assert rc == 0
+    saved = json.loads((out / "comparison.json").read_text())
+    chosen = saved["settings"]["cam"][0]
+    assert saved["tune"] == 2 and set(chosen) == set(SPACES["cam"]) and 0.01 <= chosen["lr"] <= 0.05
+    assert "Settings each search chose on validation:\n- cam: seed 0: lr " in (out / "comparison.md").read_text()
+    assert f"lr: {chosen['lr']}" in (out / "cam-seed0" / "config.yaml").read_text()  # the run's own settings
+    trained = [p for p in (out / "runs").glob("tune-cam-seed0-*") if any(p.glob("checkpoint_*"))]
+    assert len(trained) == 2  # Tune's two trials, each a Ray Train run of its own
+    assert json.loads((out / "cam-seed0" / "results.json").read_text())["test"]["main"]["maxboxacc_v2"] >= 0

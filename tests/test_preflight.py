@@ -110,7 +110,7 @@ def test_errors_a_user_can_fix_are_one_line_and_bugs_keep_their_traceback(tmp_pa
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"train_ilsvrc: error: --config {bad} or the flags: config.run.train: unknown key(s) ['epochz']; known: "
-        "['batch_size', 'epochs', 'eval_every', 'log_every', 'lr', 'momentum', 'seed', 'warmup_epochs', "
+        "['batch_size', 'epochs', 'eval_every', 'head_lr_mult', 'log_every', 'lr', 'momentum', 'seed', 'warmup_epochs', "
         "'weight_decay']"]
 
     from bgwsol.errors import UserError, run_entry_point

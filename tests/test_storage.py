@@ -146,3 +146,18 @@ def test_source_tree_lists_past_one_page_and_matches_a_folder(bucket, tmp_path):
     assert remote.is_file("top.txt") and not remote.is_file("d0") and remote.exists()
     assert not SourceTree(f"s3://{bucket}/absent").exists()
     assert remote.read_text("top.txt") == "x"
+
+
+def test_a_refused_connection_on_a_port_holding_403_is_unreachable_not_access_denied():
+    """Seen in CI: the test server's random port 40375 made a refused connection read as HTTP 403,
+    so the checkpoint probe failed at once instead of waiting for the store to come back."""
+    from bgwsol.data.storage import _explain
+
+    refused = OSError("When getting information for bucket 'b': AWS Error NETWORK_CONNECTION during HeadBucket "
+                      "operation: curlCode: 7, Could not connect to server; Details: Failed to connect to "
+                      "127.0.0.1 port 40375 after 0 ms: Could not connect to server")
+    said = _explain("s3://b/x", refused, "http://127.0.0.1:40375")
+    assert said.unreachable and "cannot reach the S3 endpoint" in str(said)
+    denied = _explain("s3://b/x", OSError("AWS Error UNKNOWN (HTTP status 403) during HeadBucket operation"))
+    assert not denied.unreachable and "access denied" in str(denied)
+    assert "access denied" in str(_explain("s3://b/x", OSError("An error occurred (AccessDenied) when calling")))

@@ -18,3 +18,24 @@ def test_param_space_covers_every_parameter_within_its_bounds():
     assert set(space) == set(PARAMS)
     for _ in range(50):
         assert 0.02 <= space["lr"].sample() <= 0.03 and 0.5 <= space["alpha"].sample() <= 0.6
+
+
+def test_each_method_searches_its_own_settings_with_their_types():
+    """compare_methods --tune: CAM its learning rates, BAS its weights, warm-up and the authors'
+    variants, bgwsol the main job's space; choices come back as their settings' types."""
+    from bgwsol.training.tune import SPACES
+
+    search = SearchConfig()
+    assert set(SPACES) == {"cam", "bas", "bgwsol"} and set(SPACES["bgwsol"]) >= set(PARAMS)
+    assert set(SPACES["cam"]) == {"lr", "head_lr_mult"}
+    for method, space in SPACES.items():
+        base = replace(RunConfig(), **{"method.name": method})
+        sampled = {k: v.sample() for k, v in param_space(search, space).items()}
+        cfg = trial_config(base, sampled)
+        assert params_of(cfg, space) == sampled
+        assert params_of(base, space) == params_of(trial_config(base, params_of(base, space)), space)
+    cfg = trial_config(RunConfig(), {"bas_warmup_epochs": 0, "bas_map": "mean", "head_lr_mult": 10})
+    assert (cfg.method.bas_warmup_epochs, cfg.method.bas_map, cfg.train.head_lr_mult) == (0, "mean", 10.0)
+    assert isinstance(cfg.method.bas_warmup_epochs, int) and isinstance(cfg.train.head_lr_mult, float)
+    space = param_space(search, SPACES["bas"])
+    assert {space["bas_activation"].sample() for _ in range(40)} == {"pixel", "pooled"}

@@ -224,11 +224,16 @@ def _explain(url: str, exc: BaseException, endpoint: str | None = None) -> Stora
     """A :class:`StorageError` naming ``url`` and the likely cause of ``exc`` in one line (pyarrow
     and the S3 client say it only in their messages); ``endpoint`` (default: the environment's)
     is the S3 endpoint the failed call went to."""
+    import re
+
     endpoint = endpoint or endpoint_url()
     text = str(exc)
     low = text.lower()
-    if any(s in low for s in ("accessdenied", "access denied", "access_denied", "invalidaccesskeyid", "signaturedoesnotmatch",
-                              "forbidden", "403")):
+    refused_connection = any(s in low for s in ("could not connect", "failed to connect", "connection refused"))
+    # HTTP 403 as a number of its own: "port 40375" in a failed connection's message is not one
+    if not refused_connection and (re.search(r"(?<![\d.:])403(?!\d)", low) or any(s in low for s in (
+            "accessdenied", "access denied", "access_denied", "invalidaccesskeyid", "signaturedoesnotmatch",
+            "forbidden"))):
         return StorageError(f"{url}: access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
                             f"(endpoint {endpoint or 'AWS default'}) [{text.splitlines()[0]}]")
     if "nosuchbucket" in low or "bucket does not exist" in low or "does not exist" in low and "bucket" in low:

@@ -26,6 +26,19 @@ gave 36.9 validation MaxBoxAccV2 against 31.9 with 2. Another deviation: this ha
 classifier is a plain 1x1 conv (CAM's), so activations are taken through a ReLU to keep
 ``S`` and ``S^e`` non-negative (the paper's classifier ends in a ReLU). Background images
 are not used. The localization map is ``minmax(M_c)`` for the requested class ``c``.
+
+Switches for what the authors' code does otherwise (their CVPR code, wpy1999/BAS, and
+BAS-Extension; validation decides between them, ``flows/compare_methods.py --tune``):
+``bas_warmup_epochs 0`` (they start the map terms at step 0 from ImageNet weights),
+``bas_activation pooled`` (Extension: ``S = relu(mean(A_y))``), ``bas_map mean`` (the mean of
+every class's map, their top-k over all classes on CUB), ``train.head_lr_mult 10`` (their new
+layers train at 10x the backbone's rate), and the weights (area 1.2-1.9 and fg 0.5 per backbone
+on CUB). Not switchable: their classifier of two 3x3 convs of 1024 channels (ours is CAM's 1x1
+conv: 19 M new parameters would overfit a few hundred photos), their fixed threshold with the
+largest component (a protocol, not the model: ours is MaxBoxAccV2 with thresholds chosen on
+validation), their Resize + RandomCrop augmentation, and where the features are erased (their
+cut is a post-ReLU stride-8 layer; EfficientNet-Lite0's stage-5 output is signed, which makes
+``mid * (1 - M)`` a weaker eraser: the list is docs/bas.md).
 """
 
 from __future__ import annotations
@@ -38,9 +51,11 @@ from bgwsol.methods.base import Method, class_maps, minmax, register
 EPS = 1e-8
 
 
-def activation(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Mean non-negative activation of each image's class: ``(B, K, h, w)``, ``(B,)`` -> ``(B,)``."""
-    return F.relu(class_maps(cams, classes)).mean(dim=(1, 2))
+def activation(cams: torch.Tensor, classes: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+    """Non-negative activation of each image's class: ``(B, K, h, w)``, ``(B,)`` -> ``(B,)``:
+    ``mean(relu(A_y))``, or with ``pooled`` ``relu(mean(A_y))`` (BAS-Extension's)."""
+    maps = class_maps(cams, classes)
+    return F.relu(maps.mean(dim=(1, 2))) if pooled else F.relu(maps).mean(dim=(1, 2))
 
 
 def activation_constraint(full: torch.Tensor, erased: torch.Tensor) -> torch.Tensor:
@@ -75,7 +90,8 @@ class BAS(Method):
         fg_map = torch.sigmoid(class_maps(outputs["fg_logits"][obj], y))[:, None]  # (n, 1, h', w')
         terms["area"] = fg_map.mean()
         erased = outputs["erased_cams"](outputs["mid"][obj].detach() * (1 - fg_map))
-        terms["ac"] = activation_constraint(activation(cams, y), activation(erased, y))
+        pooled = cfg.bas_activation == "pooled"
+        terms["ac"] = activation_constraint(activation(cams, y, pooled), activation(erased, y, pooled))
         guide = fg_map if fg_map.shape[-2:] == cams.shape[-2:] else F.adaptive_avg_pool2d(fg_map, cams.shape[-2:])
         terms["fg"] = F.cross_entropy((cams * guide).mean(dim=(2, 3)), y)
 
@@ -83,4 +99,6 @@ class BAS(Method):
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 
     def scoremaps(self, outputs: dict, classes: torch.Tensor) -> torch.Tensor:
+        if self.cfg.bas_map == "mean":  # every class's map averaged: class-agnostic
+            return minmax(torch.sigmoid(outputs["fg_logits"]).mean(dim=1))
         return minmax(torch.sigmoid(class_maps(outputs["fg_logits"], classes)))

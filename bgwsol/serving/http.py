@@ -145,7 +145,10 @@ def build_app(cfg: ServeConfig):
 
     api = FastAPI(title="bgwsol", description="Weakly supervised object localization: class, score and box.")
 
-    @serve.deployment(num_replicas=cfg.replicas, ray_actor_options={"num_cpus": cfg.cpus_per_replica})
+    # a replica takes two batches' worth of requests at once: one batch computes while the next fills
+    # (Serve's default of 5 ongoing requests capped every batch at 5 whatever max_batch_size said)
+    @serve.deployment(num_replicas=cfg.replicas, ray_actor_options={"num_cpus": cfg.cpus_per_replica},
+                      max_ongoing_requests=max(5, 2 * cfg.max_batch_size))
     @serve.ingress(api)
     class BgwsolLocalizer:
         def __init__(self, config: ServeConfig):

@@ -60,12 +60,22 @@ def compute_losses(model: torch.nn.Module, method: Method, images: torch.Tensor,
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.SGD:
-    """Nesterov SGD; weight decay on weights only (not on biases and norm parameters)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    other = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                            {"params": other, "weight_decay": 0.0}],
-                           lr=cfg.train.lr, momentum=cfg.train.momentum, nesterov=True)
+    """Nesterov SGD; weight decay on weights only (not on biases and norm parameters). With
+    ``train.head_lr_mult`` other than 1, the layers the method adds to the backbone (classifier,
+    heads, BAS's generator) train at that multiple of ``train.lr`` (as the BAS authors train theirs
+    at 10x), in two more parameter groups; at 1 the two groups are those of earlier checkpoints."""
+    lr, mult, wd = cfg.train.lr, cfg.train.head_lr_mult, cfg.train.weight_decay
+    backbone = getattr(model, "backbone", None)
+    if mult == 1.0 or backbone is None:
+        parts = [(list(model.parameters()), lr)]
+    else:
+        mine = {id(p) for p in backbone.parameters()}
+        parts = [(list(backbone.parameters()), lr), ([p for p in model.parameters() if id(p) not in mine], lr * mult)]
+    groups = []
+    for params, part_lr in parts:
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": wd, "lr": part_lr},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr": part_lr}]
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.train.momentum, nesterov=True)
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):

@@ -36,31 +36,60 @@ class SearchConfig:
     lambda_area: tuple[float, ...] = option((0.0, 0.5), "bounds of the area weight (uniform)")
     alpha: tuple[float, ...] = option((0.3, 1.0), "bounds of the map mix alpha (uniform)")
     lr: tuple[float, ...] = option((0.01, 0.2), "bounds of the learning rate")
+    head_lr_mult: tuple[float, ...] = option((1.0, 10.0), "choices of the added layers' learning-rate multiple "
+                                                          "(compare_methods --tune)")
+    bas_lambda_ac: tuple[float, ...] = option((0.3, 3.0), "bounds of BAS's activation-constraint weight")
+    bas_lambda_area: tuple[float, ...] = option((0.5, 2.5), "bounds of BAS's area weight (the authors: 0.7-2.5)")
+    bas_lambda_fg: tuple[float, ...] = option((0.1, 2.0), "bounds of BAS's foreground-guidance weight (the authors: 0.5-1)")
+    bas_warmup_epochs: tuple[int, ...] = option((0, 1, 2), "choices of BAS's warm-up epochs (the authors: 0)")
+    bas_activation: tuple[str, ...] = option(("pixel", "pooled"), "choices of BAS's activation (method.bas_activation)")
+    bas_map: tuple[str, ...] = option(("class", "mean"), "choices of BAS's localization map (method.bas_map)")
     seed: int = option(0, "search seed")
 
 
+# the main job's search: bgwsol's loss weights, its map mix and the learning rate (Tune name -> setting)
 PARAMS = {"lambda_bg": "method.lambda_bg", "lambda_mask": "method.lambda_mask", "lambda_fg": "method.lambda_fg",
           "lambda_area": "method.lambda_area", "alpha": "method.alpha", "lr": "train.lr"}
+# each trained method's own settings, searched with the same budget by compare_methods --tune
+SPACES: dict[str, dict[str, str]] = {
+    "cam": {"lr": "train.lr", "head_lr_mult": "train.head_lr_mult"},
+    "bas": {"lr": "train.lr", "head_lr_mult": "train.head_lr_mult", "bas_lambda_ac": "method.bas_lambda_ac",
+            "bas_lambda_area": "method.bas_lambda_area", "bas_lambda_fg": "method.bas_lambda_fg",
+            "bas_warmup_epochs": "method.bas_warmup_epochs", "bas_activation": "method.bas_activation",
+            "bas_map": "method.bas_map"},
+    "bgwsol": {**PARAMS, "head_lr_mult": "train.head_lr_mult"},
+}
+SETTINGS = {k: path for space in SPACES.values() for k, path in space.items()}
+UNIFORM = {"lambda_area", "alpha"}  # sampled uniformly between the bounds (others: log-uniform)
+CHOICES = {"head_lr_mult", "bas_warmup_epochs", "bas_activation", "bas_map"}  # one of the listed values
 
 
-def param_space(search: SearchConfig) -> dict:
+def param_space(search: SearchConfig, params: dict[str, str] = PARAMS) -> dict:
+    """Tune's space over ``params`` (Tune name -> setting) with ``search``'s bounds and choices."""
     from ray import tune
 
-    uniform = {"lambda_area", "alpha"}
-    return {k: (tune.uniform if k in uniform else tune.loguniform)(*getattr(search, k)) for k in PARAMS}
+    def sampler(k: str):
+        if k in CHOICES:
+            return tune.choice(list(getattr(search, k)))
+        return (tune.uniform if k in UNIFORM else tune.loguniform)(*getattr(search, k))
+
+    return {k: sampler(k) for k in params}
 
 
 def trial_config(base: RunConfig, params: dict) -> RunConfig:
-    """``base`` with the trial's sampled values."""
-    return replace(base, **{PARAMS[k]: float(v) for k, v in params.items() if k in PARAMS})
+    """``base`` with the trial's sampled values (each cast to its setting's type)."""
+    from bgwsol.config import flatten
+
+    flat = flatten(to_dict(base))
+    return replace(base, **{SETTINGS[k]: type(flat[SETTINGS[k]])(v) for k, v in params.items() if k in SETTINGS})
 
 
-def params_of(cfg: RunConfig) -> dict[str, float]:
-    """The searched values of ``cfg`` (the inverse of :func:`trial_config`), e.g. to try the defaults first."""
+def params_of(cfg: RunConfig, params: dict[str, str] = PARAMS) -> dict:
+    """The values of ``params`` in ``cfg`` (the inverse of :func:`trial_config`), e.g. to try the defaults first."""
     from bgwsol.config import flatten
 
     flat = flatten(to_dict(cfg))
-    return {k: float(flat[path]) for k, path in PARAMS.items()}
+    return {k: flat[path] for k, path in params.items()}
 
 
 def _trial(config: dict, *, base: RunConfig, data: RunData, cluster: ClusterConfig, tracking: TrackingConfig,
@@ -172,8 +201,10 @@ def trial_lines(total: int, metric: str, mode: str, epochs: int, tune_name: str 
 
 
 def run_search(base: RunConfig, data: RunData, cluster: ClusterConfig, tracking: TrackingConfig, search: SearchConfig,
-               name: str = "tune", points_to_evaluate: list[dict] | None = None) -> TuneOutcome:
-    """Optuna + ASHA over :data:`PARAMS`; returns the best trial (by ``search.metric`` at its best epoch).
+               name: str = "tune", points_to_evaluate: list[dict] | None = None,
+               params: dict[str, str] = PARAMS) -> TuneOutcome:
+    """Optuna + ASHA over ``params`` (default :data:`PARAMS`, bgwsol's; :data:`SPACES` has each
+    method's); returns the best trial (by ``search.metric`` at its best epoch).
 
     ``points_to_evaluate`` (dicts over :data:`PARAMS`) are tried first, e.g. the defaults. A
     search ``name`` already under the storage path is restored (Tune's own restore), so a
@@ -203,10 +234,10 @@ def run_search(base: RunConfig, data: RunData, cluster: ClusterConfig, tracking:
         # from their Ray Train checkpoints (same trial ids, so the same run names), new ones fill up
         log.info("search %s exists under %s: continuing its trials", name, loc.url)
         tuner = tune.Tuner.restore(experiment.fs_path, trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=param_space(search), storage_filesystem=loc.filesystem())
+                                   param_space=param_space(search, params), storage_filesystem=loc.filesystem())
     else:
         tuner = tune.Tuner(
-            trainable, param_space=param_space(search),
+            trainable, param_space=param_space(search, params),
             tune_config=tune.TuneConfig(
                 metric=search.metric, mode=search.mode, num_samples=search.num_samples,
                 max_concurrent_trials=concurrency(cluster, search),
@@ -225,9 +256,9 @@ def run_search(base: RunConfig, data: RunData, cluster: ClusterConfig, tracking:
     best = grid.get_best_result(metric=search.metric, mode=search.mode, scope="all")
     results = list(grid)
     stopped = sum(1 for r in results if r.metrics and r.metrics.get("epoch", -1) + 1 < base.train.epochs)
-    params = {k: best.config[k] for k in PARAMS}
+    chosen = {k: best.config[k] for k in params}
     parent.log_metrics({f"best_{search.metric}": best.metrics.get(search.metric, float("nan"))}, 0)
-    parent.set_tags({f"best.{k}": v for k, v in params.items()})
+    parent.set_tags({f"best.{k}": v for k, v in chosen.items()})
     parent.end()
-    return TuneOutcome(params, dict(best.metrics), f"{name}-{best.metrics.get('trial_id', '')}", len(results), stopped,
+    return TuneOutcome(chosen, dict(best.metrics), f"{name}-{best.metrics.get('trial_id', '')}", len(results), stopped,
                        parent_id, cluster.storage_path, results)

@@ -25,6 +25,7 @@ from bgwsol.workflows.table import COLUMNS, RANK_METRIC, Line, markdown, ranking
 from bgwsol.ray_init import RayConfig
 from bgwsol.tracking.runs import TrackingConfig
 from bgwsol.training.distributed import ClusterConfig
+from bgwsol.training.tune import SearchConfig
 from bgwsol.data.plan import DataPlan, RunData
 from bgwsol.evaluation.scoring import FinalEvaluation
 
@@ -43,6 +44,7 @@ class RunResult:
     class_names: list[str] = field(default_factory=list)
     examples: dict = field(default_factory=dict)  # variant -> ExampleMaps, for report.html
     best_epoch: int | None = None                 # the epoch of the checkpoint that was scored
+    settings: dict = field(default_factory=dict)  # with --tune: the searched settings the run ended with
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +134,15 @@ class Comparison:
 
     def markdown(self) -> str:
         """The table (mean ± std over seeds, test split, percent; best method mean per column in
-        bold), followed by the ranking line."""
-        return markdown(self.lines())
+        bold), followed by the ranking line and, for a tuned comparison, the settings each run ended with."""
+        return markdown(self.lines()) + self.settings_markdown()
+
+    def settings_markdown(self) -> str:
+        """Per trained method and seed, the settings its search chose on validation ("" untuned)."""
+        lines = [f"- {method}: " + "; ".join(f"seed {r.output_dir.name.rsplit('-seed', 1)[-1]}: "
+                                             f"{settings_text(r.settings)}" for r in runs)
+                 for method, runs in self.results.items() if any(r.settings for r in runs)]
+        return "\n\nSettings each search chose on validation:\n" + "\n".join(lines) if lines else ""
 
 
 # ----------------------------------------------------------------------------- running
@@ -147,6 +156,10 @@ class CompareConfig(DataSources):
     methods: tuple[str, ...] = option(("cam", "eigencam", "bas", "bgwsol"),
                                       "methods to compare; post-hoc ones (eigencam) are scored on their source's runs")
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds per method")
+    tune: int = option(0, "trials of a Ray Tune search (Optuna + ASHA) per trained method and seed over that method's "
+                          "own settings (bgwsol.training.tune.SPACES; the first trial is the configured settings), "
+                          "chosen on validation as the main job chooses; 0: train the configured settings once")
+    search: SearchConfig = field(default_factory=SearchConfig)
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(num_workers=1, storage_path=""))
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -162,17 +175,55 @@ def run_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfi
     its run name exists), its best checkpoint by validation, then validation (thresholds per map)
     and test on the workers; ``post_hoc`` maps are scored on the same model in the same passes.
     Writes config.yaml, history.jsonl, results.json and overlays_test.png into ``out_dir``."""
-    from bgwsol.evaluation.scoring import score_examples
     from bgwsol.training.distributed import fit_and_score
+
+    state, history, final = fit_and_score(cfg, data, plan, cluster, post_hoc=post_hoc)
+    return _run_result(cfg, state, history, final, plan, out_dir)
+
+
+def _run_result(cfg: RunConfig, state: dict, history: list[dict], final: FinalEvaluation, plan: DataPlan,
+                out_dir: str, settings: dict | None = None) -> RunResult:
+    """A scored run's files (config.yaml, history.jsonl, results.json, overlays_test.png) and result."""
+    from bgwsol.evaluation.scoring import score_examples
     from bgwsol.workflows.report import class_names, examples_grid
     from bgwsol.workflows.run_files import write_run_files
 
-    state, history, final = fit_and_score(cfg, data, plan, cluster, post_hoc=post_hoc)
     examples = score_examples(state, {v: taus[50] for v, taus in final.taus.items() if 50 in taus}, plan.test)
     write_run_files(out_dir, cfg, {**state, "history": history}, final,
                     examples_grid(examples, plan.test, cfg.data.input_size))
     return RunResult(Path(out_dir), final.val, final.test, final.taus["main"], history, final,
-                     class_names(state), examples, state.get("epoch"))
+                     class_names(state), examples, state.get("epoch"), dict(settings or {}))
+
+
+def tune_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfig, tracking: TrackingConfig,
+             search: SearchConfig, post_hoc: list[str], out_dir: str, name: str) -> RunResult:
+    """One (method, seed) with a search: Ray Tune over the method's own settings
+    (:data:`bgwsol.training.tune.SPACES`, ``search.num_samples`` trials, the configured settings
+    first), the best trial by validation (as the main job picks it), its best checkpoint by
+    validation, then validation (thresholds) and test once, as :func:`run_one` scores."""
+    from bgwsol.training.distributed import best_checkpoint, evaluate, run_history
+    from bgwsol.training.tune import SPACES, params_of, run_search, trial_config
+
+    space = SPACES[cfg.method.name]
+    outcome = run_search(cfg, data, cluster, tracking, search, name=name, points_to_evaluate=[params_of(cfg, space)],
+                         params=space)
+    best = outcome.best_run()
+    state, _ = best_checkpoint(best)
+    final = evaluate(state, plan, cluster, post_hoc)
+    return _run_result(trial_config(cfg, outcome.best_params), state, run_history(best), final, plan, out_dir,
+                       outcome.best_params)
+
+
+def tune_space(method: str) -> list[str]:
+    """The settings ``compare_methods --tune`` searches for ``method``."""
+    from bgwsol.training.tune import SPACES
+
+    return list(SPACES[method].values())
+
+
+def settings_text(settings: dict) -> str:
+    """``lr 0.0123, head_lr_mult 10.0, bas_map mean`` (floats to 3 significant digits)."""
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items())
 
 
 def outputs_text(output_dir: str | Path, methods: list[str], seed: int) -> str:
@@ -212,6 +263,7 @@ def compare(job: CompareConfig) -> Comparison:
     from bgwsol.ray_init import init_ray
     from bgwsol.training.cluster_resources import ResourceWatch
     from bgwsol.data.plan import plan_data
+    from bgwsol.training.distributed import identity_tag
 
     plan = plan_runs(list(job.methods))
     post_hoc = {ph: source for source, phs in plan.items() for ph in phs}
@@ -225,10 +277,25 @@ def compare(job: CompareConfig) -> Comparison:
         cluster = replace(job.cluster, storage_path=check_access(job.cluster.storage_path or str(out / "runs"),
                                                                  writable=True).url)
         runs = [(method, seed) for method in plan for seed in job.seeds]
+        done: dict[tuple[str, int], RunResult] = {}
+        if job.tune:
+            # one search at a time from here: Tune runs its trials side by side as the cluster allows
+            for m, s in runs:
+                cfg = replace(job.run, **{"method.name": m, "train.seed": s})
+                search = replace(job.search, num_samples=job.tune, seed=s)
+                # named by what it depends on: a rerun continues the same search (Tune's restore)
+                tag = identity_tag(cfg, scoring.digest + json.dumps(to_dict(search), sort_keys=True))
+                log.info("search %d of %d: %s seed %d, %d trials over %s", len(done) + 1, len(runs), m, s,
+                         job.tune, ", ".join(tune_space(m)))
+                done[(m, s)] = tune_one(cfg, data, scoring, cluster, job.tracking, search, plan[m],
+                                        str(out / f"{m}-seed{s}"), f"tune-{m}-seed{s}-{tag}")
+                log.info("finished %s seed %d (%d of %d, %.0f s): %s", m, s, len(done), len(runs), time.time() - t0,
+                         settings_text(done[(m, s)].settings))
+            runs = []
         task = ray.remote(num_cpus=0)(run_one)  # a driver per run; its Ray Train workers hold the resources
         at_once = runs_at_once(cluster)
-        log.info("%d runs, %d at a time (%d Ray Train worker(s) each)", len(runs), at_once, cluster.num_workers)
-        done: dict[tuple[str, int], RunResult] = {}
+        if runs:
+            log.info("%d runs, %d at a time (%d Ray Train worker(s) each)", len(runs), at_once, cluster.num_workers)
         waiting, in_flight = list(runs), {}
         while waiting or in_flight:
             while waiting and len(in_flight) < at_once:
@@ -246,7 +313,9 @@ def compare(job: CompareConfig) -> Comparison:
     comparison_report(comparison, out / "report.html", scoring.test, job.run.data.input_size, list(job.seeds))
     (out / "comparison.json").write_text(json.dumps({"methods": list(job.methods), "seeds": list(job.seeds),
                                                      "seconds": time.time() - t0, "ranking": comparison.ranking(),
-                                                     "rows": comparison.rows()}, indent=2))
+                                                     "rows": comparison.rows(), "tune": job.tune,
+                                                     "settings": {m: [r.settings for r in runs]
+                                                                  for m, runs in results.items()}}, indent=2))
     log_comparison(comparison, job.run, list(job.seeds), job.tracking, out)
     return comparison
 

@@ -38,6 +38,7 @@ def run_config_problems(cfg: RunConfig, prefix: str = "") -> list[str]:
     need(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     need(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    need(t.head_lr_mult > 0, "train.head_lr_mult", t.head_lr_mult, "must be > 0")
     need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     need(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
     need(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "must be >= 0")
@@ -114,6 +115,20 @@ def compare_problems(job) -> list[str]:
     if job.cluster.run_name:
         problems.append(f"--cluster.run_name {job.cluster.run_name!r}: the comparison names each run itself "
                         f"(method, seed and a hash of its configuration)")
+    if job.tune:
+        from bgwsol.config import replace
+        from bgwsol.training.tune import SPACES
+        from bgwsol.workflows.compare import plan_runs
+
+        if job.tune < 0:
+            problems.append(f"--tune {job.tune}: must be >= 0 (0: no search)")
+        try:
+            untunable = [m for m in plan_runs(list(job.methods)) if m not in SPACES]
+        except ValueError:
+            untunable = []  # unknown names are said above
+        if untunable:
+            problems.append(f"--tune: no search space for {', '.join(untunable)} (known: {', '.join(SPACES)})")
+        problems += search_problems(replace(job.search, num_samples=max(1, job.tune)))
     return problems
 
 
@@ -127,10 +142,18 @@ def search_problems(search) -> list[str]:
     if search.grace_period < 1 or search.reduction_factor < 2:
         out.append(f"--search.grace_period {search.grace_period} / --search.reduction_factor "
                    f"{search.reduction_factor}: must be >= 1 / >= 2")
-    for name in ("lambda_bg", "lambda_mask", "lambda_fg", "lambda_area", "alpha", "lr"):
+    for name in ("lambda_bg", "lambda_mask", "lambda_fg", "lambda_area", "alpha", "lr", "bas_lambda_ac",
+                 "bas_lambda_area", "bas_lambda_fg"):
         bounds = getattr(search, name)
         if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1] or (name not in ("lambda_area", "alpha")
                                                                       and bounds[0] <= 0):
             out.append(f"--search.{name} {' '.join(map(str, bounds))}: give two bounds, low <= high"
                        + ("" if name in ("lambda_area", "alpha") else ", low > 0 (searched log-uniformly)"))
+    choices = {"head_lr_mult": lambda v: v > 0, "bas_warmup_epochs": lambda v: v >= 0,
+               "bas_activation": lambda v: v in ("pixel", "pooled"), "bas_map": lambda v: v in ("class", "mean")}
+    for name, valid in choices.items():
+        values = getattr(search, name)
+        if not values or not all(valid(v) for v in values):
+            out.append(f"--search.{name} {' '.join(map(str, values))}: give at least one choice, each a valid "
+                       f"{name} value")
     return out
