@@ -4,7 +4,8 @@ One process starts a local Ray and, per precision (``--precision``, fp32 and bf1
 reports native bf16):
 
 1. the limit: the model's own batched forward (batches of ``--max-batch-size`` preprocessed
-   224 px images, ``--replica-cpus`` torch threads, the cores the replica gets), images/s;
+   224 px images, ``--replica-cpus`` torch threads, the cores the replica gets), images/s,
+   measured first, before Ray starts;
 2. the Serve application of ``bgwsol serve`` on the same checkpoint, with batching
    (``--max-batch-size``) and without (1), each under 8 and 32 concurrent clients
    (``--clients``) posting the same real photos for ``--seconds`` after a ``--warmup``.
@@ -173,14 +174,17 @@ def main() -> None:
         raise SystemExit(f"{args.images}: no JPEG photos")
     precisions = args.precision.split(",") if args.precision else ["fp32"] + (["bf16"] if bf16_native("cpu") else [])
     client_counts = [int(c) for c in args.clients.split(",")]
-    ray.init(num_cpus=args.cpus or None, include_dashboard=False, log_to_driver=False)
-    cpus = int(ray.cluster_resources()["CPU"])
-    machine = f"{platform.processor() or platform.machine()}, {cpus} CPUs"
     headline = None
     with tempfile.TemporaryDirectory() as d:
         checkpoint = make_checkpoint(Path(d), args.backbone, args.weights, args.input_size)
+        # the limits first, on an otherwise idle machine (Ray's own processes are busy for a while after they start)
+        limits = {p: forward_limit(checkpoint, p, args.max_batch_size, args.replica_cpus, args.seconds / 2)
+                  for p in precisions}
+        ray.init(num_cpus=args.cpus or None, include_dashboard=False, log_to_driver=False)
+        cpus = int(ray.cluster_resources()["CPU"])
+        machine = f"{platform.processor() or platform.machine()}, {cpus} CPUs"
         for precision in precisions:
-            limit = forward_limit(checkpoint, precision, args.max_batch_size, args.replica_cpus, args.seconds / 2)
+            limit = limits[precision]
             print(json.dumps({"precision": precision, "limit_img_per_s": round(limit, 1),
                               "batch": args.max_batch_size, "threads": args.replica_cpus, "machine": machine}),
                   flush=True)
