@@ -45,8 +45,9 @@ class ServeConfig:
     max_batch_size: int = option(8, "images batched into one forward pass (1: no batching)")
     batch_wait_s: float = option(0.01, "longest wait for a batch to fill, seconds")
     max_body_bytes: int = option(10 * 2**20, "largest request body accepted (413 above it)")
-    precision: str = option("fp32", "fp32 (channels_last), or bf16 autocast: about 2x faster on a CPU with native bf16 "
-                                    "(refused elsewhere), same classes, boxes moved by a few pixels")
+    precision: str = option("fp32", "fp32 (channels_last), or bf16 autocast: the forward pass about 1.8x faster "
+                                    "on a CPU with native bf16 (refused elsewhere), same classes, boxes moved by a "
+                                    "few pixels")
 
 
 def serve_problems(cfg: ServeConfig) -> list[str]:

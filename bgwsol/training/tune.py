@@ -36,8 +36,8 @@ class SearchConfig:
     lambda_area: tuple[float, ...] = option((0.0, 0.5), "bounds of the area weight (uniform)")
     alpha: tuple[float, ...] = option((0.3, 1.0), "bounds of the map mix alpha (uniform)")
     lr: tuple[float, ...] = option((0.01, 0.2), "bounds of the learning rate")
-    head_lr_mult: tuple[float, ...] = option((1.0, 10.0), "choices of the added layers' learning-rate multiple "
-                                                          "(compare_methods --tune)")
+    head_lr_mult: tuple[float, ...] = option((1.0, 10.0), "choices of the added layers' learning-rate "
+                                                          "multiple (compare_methods --tune)")
     bas_lambda_ac: tuple[float, ...] = option((0.3, 3.0), "bounds of BAS's activation-constraint weight")
     bas_lambda_area: tuple[float, ...] = option((0.5, 2.5), "bounds of BAS's area weight (the authors: 0.7-2.5)")
     bas_lambda_fg: tuple[float, ...] = option((0.1, 2.0), "bounds of BAS's foreground-guidance weight (the authors: 0.5-1)")
