@@ -6,7 +6,7 @@ on random normalized inputs, with ``--threads`` torch threads:
 
 * inference (eval mode, no grad), batch ``--batch``: fp32 NCHW (the reference), fp32
   channels_last, bf16 autocast NCHW, bf16 autocast channels_last -- what
-  :mod:`bgwsol.models.precision` chooses between;
+  :mod:`bgwsol.precision` chooses between;
 * a training step (forward, the method's losses, backward, Nesterov SGD), batch ``--batch``:
   fp32 NCHW (the reference), fp32 channels_last, bf16 autocast channels_last (losses in fp32, as
   the engine computes them).
@@ -29,7 +29,7 @@ import torch
 
 from bgwsol.config import RunConfig, replace
 from bgwsol.methods import build_method
-from bgwsol.models.precision import bf16_native
+from bgwsol.precision import bf16_native
 from bgwsol.training.engine import build_model, compute_losses, make_optimizer
 
 

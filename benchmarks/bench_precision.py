@@ -56,7 +56,7 @@ def main() -> None:
     from bgwsol.data.shards.shardset import ShardSet
     from bgwsol.evaluation.evaluator import evaluate
     from bgwsol.evaluation.scoring import eval_loader, map_variants
-    from bgwsol.models.precision import bf16_native, inference_precision, reference_precision
+    from bgwsol.precision import bf16_native, inference_precision, reference_precision
     from bgwsol.serving.localizer import Localizer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -165,7 +165,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from bgwsol.models.precision import bf16_native
+    from bgwsol.precision import bf16_native
     from bgwsol.serving.http import ServeConfig, start
     from bgwsol.tracking.local_server import free_port
 

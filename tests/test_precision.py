@@ -1,4 +1,4 @@
-"""Inference precision (bgwsol/models/precision.py): what ``fp32`` and ``bf16`` resolve to, that a
+"""Inference precision (bgwsol/precision.py): what ``fp32`` and ``bf16`` resolve to, that a
 bad setting is refused before any work, and that the fast paths say what the fp32 NCHW reference
 says on a few photos: channels_last the same, bf16 the same classes and boxes within a pixel
 (issue #25; ``benchmarks/bench_precision.py`` measures both on the whole real test set)."""
@@ -11,8 +11,8 @@ import torch
 
 
 def test_each_precision_resolves_to_its_memory_format_and_dtype(monkeypatch):
-    from bgwsol.models import precision
-    from bgwsol.models.precision import inference_precision, reference_precision
+    from bgwsol import precision
+    from bgwsol.precision import inference_precision, reference_precision
 
     fp32 = inference_precision("cpu", "fp32")
     assert fp32.channels_last and fp32.autocast is None and fp32.describe() == "fp32, channels_last"
@@ -29,7 +29,7 @@ def test_each_precision_resolves_to_its_memory_format_and_dtype(monkeypatch):
 
 def test_a_bad_precision_is_refused_before_any_work(monkeypatch):
     from bgwsol.config import RunConfig, replace
-    from bgwsol.models import precision
+    from bgwsol import precision
     from bgwsol.serving.http import ServeConfig, serve_problems
     from bgwsol.workflows.preflight import run_config_problems
 
@@ -54,7 +54,7 @@ def test_channels_last_gives_fp32_answers_and_bf16_stays_close_on_photos(tiny_sy
     from bgwsol.checkpoint import build_model
     from bgwsol.config import RunConfig, replace, to_dict
     from bgwsol.methods import build_method
-    from bgwsol.models.precision import InferencePrecision, reference_precision
+    from bgwsol.precision import InferencePrecision, reference_precision
     from bgwsol.serving.localizer import Localizer
 
     cfg = replace(RunConfig(), **{"model.backbone": "efficientnet_lite0", "data.input_size": 224,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from bgwsol.evaluation.boxes import resize_boxes
 from bgwsol.config import EvalConfig
 from bgwsol.methods.base import Method, minmax
-from bgwsol.models.precision import InferencePrecision, inference_precision
+from bgwsol.precision import InferencePrecision, inference_precision
 from bgwsol.evaluation.metrics import BoxAccumulator, ClassificationAccumulator, PxAPAccumulator, cam_thresholds, mean_over
 
 
@@ -87,7 +87,7 @@ def evaluate(model: torch.nn.Module, methods: dict[str, Method], loader: Iterabl
     The map for each image uses its ground-truth class (GT-known, as wsolevaluation);
     top-1/top-5 hits from the logits feed Top-k Loc. PxAP is kept only if every image has a
     mask. The model runs in ``precision``, by default ``cfg.precision`` on ``device``
-    (:mod:`bgwsol.models.precision`; made channels_last in place). ``preprocess`` maps the batch's images on ``device`` before the model (e.g.
+    (:mod:`bgwsol.precision`; made channels_last in place). ``preprocess`` maps the batch's images on ``device`` before the model (e.g.
     :func:`bgwsol.data.loader.normalize` for uint8 shard batches). Returns one evaluation per variant.
 
     ``overlap``: the box search of a batch (CPU, numba without the GIL) runs in one helper

@@ -170,7 +170,7 @@ def score_examples(state: dict, variants: dict[str, float], test_urls: list[str]
     from bgwsol.data.loader import normalize
     from bgwsol.evaluation.evaluator import batch_targets, upsample_maps
     from bgwsol.evaluation.scoremaps import best_iou_per_threshold
-    from bgwsol.models.precision import inference_precision
+    from bgwsol.precision import inference_precision
 
     model, method, cfg = model_from_state(state)
     batch = overlay_batch(test_urls, cfg.data.input_size, scan)

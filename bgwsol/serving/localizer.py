@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 if TYPE_CHECKING:
-    from bgwsol.models.precision import InferencePrecision
+    from bgwsol.precision import InferencePrecision
 
 
 @dataclass
@@ -41,10 +41,10 @@ class Localizer:
 
     def __init__(self, state: dict, tau: float | None = None, precision: "str | InferencePrecision" = "fp32"):
         from bgwsol.checkpoint import model_from_state
-        from bgwsol.models.precision import inference_precision
+        from bgwsol.precision import inference_precision
 
         self.model, self.method, self.cfg = model_from_state(state)
-        # channels_last, fp32 or bf16 autocast (bgwsol.models.precision)
+        # channels_last, fp32 or bf16 autocast (bgwsol.precision)
         self.precision = inference_precision("cpu", precision) if isinstance(precision, str) else precision
         self.precision.prepare(self.model)
         self.classes = list(state["classes"])
@@ -122,7 +122,7 @@ def registered_artifacts(model: str, tracking_uri: str) -> str:
 def load_localizer(model: str, tau: float | None, tracking_uri: str, precision: str = "fp32"):
     """A Localizer from a checkpoint (``checkpoint.pt`` or its folder) or a registered model URI
     (``models:/name@alias``, ``runs:/...``): the checkpoint file the registry logged with it;
-    running in ``precision`` (``fp32`` or ``bf16``, :mod:`bgwsol.models.precision`)."""
+    running in ``precision`` (``fp32`` or ``bf16``, :mod:`bgwsol.precision`)."""
     from bgwsol.checkpoint import CHECKPOINT_FILE
 
     if Path(model).exists():

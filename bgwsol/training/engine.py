@@ -28,7 +28,7 @@ from bgwsol.checkpoint import build_model
 from bgwsol.config import RunConfig, to_dict
 from bgwsol.data.plan import DataPlan, Worker
 from bgwsol.evaluation.evaluator import overlay_grid
-from bgwsol.models.precision import fp32_outputs
+from bgwsol.precision import fp32_outputs
 from bgwsol.evaluation.scoring import evaluate_part, gather_evaluations, map_variants, overlay_batch
 from bgwsol.methods import Method, build_method
 from bgwsol.progress import ProgressSender

@@ -17,7 +17,7 @@ def run_config_problems(cfg: RunConfig, prefix: str = "") -> list[str]:
     """One line per problem of ``cfg`` (flags shown as ``--<prefix><section>.<field>``)."""
     from bgwsol.methods import METHODS
     from bgwsol.models.backbones import BACKBONES
-    from bgwsol.models.precision import PRECISIONS, precision_problem
+    from bgwsol.precision import PRECISIONS, precision_problem
     from bgwsol.models.weights import check_spec
 
     flag = f"--{prefix}"
