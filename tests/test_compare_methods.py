@@ -147,7 +147,11 @@ def test_tune_searches_each_method_on_validation_and_says_what_it_chose(tiny_syn
 
     paths, _ = tiny_synthetic
     out = tmp_path / "cmp"
+    # its own tracking store: an earlier test's job may have left a stopped server's MLFLOW_TRACKING_URI
+    # in this process's environment (the search then refuses to start, rightly)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     rc = load_flow("compare_methods").main(["--source", str(paths.ilsvrc), "--background", str(paths.background),
+                                            "--tracking.tracking_uri", uri,
                                             "--seeds", "0", "--methods", "cam", "--tune", "2",
                                             "--output_dir", str(out), "--shards_dir", str(tmp_path / "shards"),
                                             "--etl.val_fraction", "0.3", "--etl.max_short_side", "64",
