@@ -73,16 +73,17 @@ def fp32_outputs(outputs: dict) -> dict:
 def inference_precision(device: torch.device | str = "cpu", choice: str = "fp32") -> InferencePrecision:
     """The precision ``choice`` (:data:`PRECISIONS`) on ``device``; ``bf16`` where the device has no
     native bf16 raises ValueError (emulated, it would be slower than fp32)."""
-    if choice not in PRECISIONS:
-        raise ValueError(f"precision {choice!r}: not one of {', '.join(PRECISIONS)}")
-    device_type = torch.device(device).type
-    if precision_problem(choice, device):
-        raise ValueError(f"precision {choice!r}: {precision_problem(choice, device)}")
-    return InferencePrecision(device_type, channels_last=True, autocast=torch.bfloat16 if choice == "bf16" else None)
+    problem = precision_problem(choice, device)
+    if problem:
+        raise ValueError(f"precision {choice!r}: {problem}")
+    return InferencePrecision(torch.device(device).type, channels_last=True, autocast=torch.bfloat16 if choice == "bf16" else None)
 
 
 def precision_problem(choice: str, device: torch.device | str = "cpu") -> str:
-    """Why ``choice`` cannot run on ``device`` (one line), or ""."""
+    """Why ``choice`` cannot run on ``device`` (one line: not one of :data:`PRECISIONS`, or bf16
+    without native support), or ""."""
+    if choice not in PRECISIONS:
+        return f"must be one of {', '.join(PRECISIONS)}"
     if choice == "bf16" and not bf16_native(device):
         kind = torch.device(device).type
         return (f"this {kind.upper()} has no native bf16 (torch reports "

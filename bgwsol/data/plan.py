@@ -109,8 +109,8 @@ class Worker:
     """This process's place in a run: rank ``rank`` of ``world``, its device and loader processes.
 
     The engine trains in channels_last everywhere (on CPU about 1.4x the steps of NCHW with
-    oneDNN, ``benchmarks/bench_cpu_train.py``), with bf16 autocast on CUDA; on CPU in fp32 (bf16
-    autocast there measured slower for a training step).
+    oneDNN, ``benchmarks/bench_cpu_speed.py``), with bf16 autocast on CUDA; on CPU in fp32 (bf16
+    autocast there would change the training numerics; BENCHMARKS.md, "CPU speed").
     """
 
     rank: int = 0

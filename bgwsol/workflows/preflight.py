@@ -17,7 +17,7 @@ def run_config_problems(cfg: RunConfig, prefix: str = "") -> list[str]:
     """One line per problem of ``cfg`` (flags shown as ``--<prefix><section>.<field>``)."""
     from bgwsol.methods import METHODS
     from bgwsol.models.backbones import BACKBONES
-    from bgwsol.precision import PRECISIONS, precision_problem
+    from bgwsol.precision import precision_problem
     from bgwsol.models.weights import check_spec
 
     flag = f"--{prefix}"
@@ -54,9 +54,8 @@ def run_config_problems(cfg: RunConfig, prefix: str = "") -> list[str]:
     need(e.select_metric in SELECT_METRICS, "eval.select_metric", e.select_metric,
          f"unknown; one of {', '.join(SELECT_METRICS)}")
     need(e.scoremap_size >= 16, "eval.scoremap_size", e.scoremap_size, "must be >= 16")
-    need(e.precision in PRECISIONS, "eval.precision", e.precision, f"must be one of {', '.join(PRECISIONS)}")
-    need(e.precision not in PRECISIONS or not precision_problem(e.precision, "cpu"), "eval.precision", e.precision,
-         precision_problem(e.precision, "cpu") if e.precision in PRECISIONS else "")
+    precision = precision_problem(e.precision, "cpu")
+    need(not precision, "eval.precision", e.precision, precision)
     need(0 <= meth.alpha <= 1, "method.alpha", meth.alpha, "must be in [0, 1]")
     need(0 <= meth.cam_bg < meth.cam_fg <= 1, "method.cam_bg", meth.cam_bg,
          f"must be in [0, method.cam_fg={meth.cam_fg}) with cam_fg <= 1")
