@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,10 +22,35 @@ import pytest
 
 from conftest import free_port
 
+# Ports a node listens on are taken from 20000-32767: below the kernel's ephemeral range
+# (32768-60999, where bind(0) and every outgoing connection take theirs) and above Ray's worker
+# ports (10002-19999). A port found free in the ephemeral range can be taken by a running job's
+# connection before the node binds it (CI: the replacement node's metrics exporter failed with
+# "Address already in use" and the raylet exited).
+NODE_PORTS = range(20000, 32768)
+
+
+def node_port() -> int:
+    """A port in NODE_PORTS that nothing listens on now."""
+    for _ in range(200):
+        port = random.choice(NODE_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {NODE_PORTS.start}-{NODE_PORTS.stop - 1}")
+
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.cluster]
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+class NodeExited(RuntimeError):
+    """``ray start`` exited before its node joined the cluster."""
 
 
 class Cluster:
@@ -32,7 +59,7 @@ class Cluster:
     def __init__(self, root: Path, env: dict[str, str]):
         self.root = root  # short: Ray's socket paths must stay under 107 characters
         self.env = env
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.gcs_port, self.dashboard_port = node_port(), node_port()
         self.nodes: list[subprocess.Popen] = []
         self.logs = root / "nodes"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -51,7 +78,7 @@ class Cluster:
         # without it, so the head then refuses every job ("No available agent to submit job")
         ports = [arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                   "--metrics-export-port", "--runtime-env-agent-port")
-                 for arg in (flag, str(free_port()))]
+                 for arg in (flag, str(node_port()))]
         proc = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
                                  "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
                                  "--temp-dir", str(self.root / f"n{n}"), *ports, *args],
@@ -60,15 +87,30 @@ class Cluster:
         return proc
 
     def start_head(self) -> None:
-        self._start(["--head", "--port", str(self.gcs_port), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                     "--dashboard-port", str(self.dashboard_port)])
-        self.wait_for_nodes(1)
+        self._start_node(["--head", "--port", str(self.gcs_port), "--include-dashboard", "true",
+                          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port)], want=1)
 
     def add_node(self) -> subprocess.Popen:
-        alive = self.alive_nodes()
-        proc = self._start(["--address", f"127.0.0.1:{self.gcs_port}"])
-        self.wait_for_nodes(alive + 1)
-        return proc
+        return self._start_node(["--address", f"127.0.0.1:{self.gcs_port}"], want=self.alive_nodes() + 1)
+
+    def _start_node(self, args: list[str], want: int, attempts: int = 3) -> subprocess.Popen:
+        """Start a node and wait until the cluster counts ``want`` alive nodes. A node whose start
+        failed is started afresh (own temp dir, new ports), at most ``attempts`` times: on a busy
+        machine the raylet gives its dashboard agent a fixed 15 s (not configurable in this Ray) to
+        write its port file, and the agent's imports alone can take longer (seen: 33 s)."""
+        for attempt in range(1, attempts + 1):
+            proc = self._start(args)
+            try:
+                self.wait_for_nodes(want)
+                return proc
+            except NodeExited:
+                if attempt == attempts:
+                    raise
+                try:  # what the failed start left running (its GCS would hold the head's port)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        raise AssertionError("unreachable")
 
     def alive_nodes(self) -> int:
         import requests
@@ -85,7 +127,9 @@ class Cluster:
             if self.alive_nodes() >= n:
                 return
             if any(p.poll() is not None for p in self.nodes[-1:]):
-                raise RuntimeError(f"ray start exited; see {self.logs}")
+                log = self.logs / f"node{len(self.nodes) - 1}.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+                raise NodeExited(f"ray start exited ({' '.join(tail)}); see {log} and its --temp-dir's logs")
             time.sleep(0.5)
         raise TimeoutError(f"{n} Ray nodes did not come up in {timeout_s:.0f} s; see {self.logs}")
 
