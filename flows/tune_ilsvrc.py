@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_tune(job: TuneJob) -> str:
     from bgwsol.ray_init import RayConfig, init_ray
     from bgwsol.training.cluster_resources import ResourceWatch
-    from bgwsol.training.distributed import best_checkpoint, evaluate
+    from bgwsol.evaluation.on_ray import score_on_workers
+    from bgwsol.training.distributed import best_checkpoint
     from bgwsol.tracking.model_registry import log_and_register
     from bgwsol.tracking.runs import resolve_uri
     from bgwsol.data.plan import RunData, plan_data
@@ -70,7 +71,7 @@ def run_tune(job: TuneJob) -> str:
             return "\n".join(lines)
         state, metrics = best_checkpoint(outcome.best_run())
         # scored as the main job scores it: thresholds chosen on validation by the evaluation stage
-        final = evaluate(state, plan_data(data, False), job.cluster)
+        final = score_on_workers(state, plan_data(data, False), job.cluster)
     reg = log_and_register(state, tracking_uri=resolve_uri(job.tracking), run_id=state["mlflow_run_id"],
                            name=job.model_name, metric=metrics["score"], taus=final.taus["main"],
                            mask_tau=final.mask_taus.get("main"))

@@ -12,7 +12,8 @@ import torch
 
 from bgwsol.config import RunConfig, replace
 from bgwsol.data.plan import RunData, plan_data
-from bgwsol.training.local import best_checkpoint, evaluate_local, fit_local
+from bgwsol.evaluation.scoring import score_here
+from bgwsol.training.local import best_checkpoint, fit_local
 
 pytestmark = [pytest.mark.slow]
 
@@ -66,7 +67,7 @@ def test_a_local_run_checkpoints_every_epoch_and_scores_val_and_test(local_run, 
     state, best = best_checkpoint(run_dir)
     assert state["epoch"] == best["epoch"] and state["config"]["method"]["name"] == "bgwsol"
     assert {"model", "optimizer", "scheduler", "rng", "manifest", "history", "classes"} <= set(state)
-    final = evaluate_local(state, plan)
+    final = score_here(state, plan)
     # every map variant chose its own thresholds on validation and was scored once on test
     assert set(final.test) == set(final.taus) == {"main", "cam_only", "mask_only"}
     assert final.test["main"]["num_images"] == plan.counts["test"]
@@ -117,13 +118,14 @@ def test_two_workers_stay_within_tolerance_of_one(local_run, run_data, tmp_path)
 
 @pytest.mark.ray
 def test_evaluation_on_workers_equals_evaluation_in_this_process(local_run, run_data):
-    from bgwsol.training.distributed import ClusterConfig, evaluate
+    from bgwsol.evaluation.on_ray import score_on_workers
+    from bgwsol.training.distributed import ClusterConfig
 
     _, run_dir = local_run
     state, _ = best_checkpoint(run_dir)
     plan = plan_data(run_data, False)
-    here = evaluate_local(state, plan, ["eigencam"])
-    there = evaluate(state, plan, ClusterConfig(num_workers=2), ["eigencam"])
+    here = score_here(state, plan, ["eigencam"])
+    there = score_on_workers(state, plan, ClusterConfig(num_workers=2), ["eigencam"])
     assert set(there.test) == {"main", "cam_only", "mask_only", "eigencam"}
     for variant in here.test:
         assert there.taus[variant] == here.taus[variant]

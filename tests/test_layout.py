@@ -65,18 +65,21 @@ def test_the_rules_the_issue_names_hold():
             assert not any(t.startswith(("bgwsol.models", "bgwsol.training")) for t in targets), name
 
 
-FINAL_SCORING = {"summarize", "evaluate_checkpoint", "FinalEvaluation", "score_examples"}
+FINAL_SCORING = {"summarize", "evaluate_checkpoint", "FinalEvaluation", "score_examples", "score_here"}
 
 
 def test_scoring_has_one_home_and_training_only_produces_checkpoints():
-    """A checkpoint is scored in bgwsol/evaluation/scoring.py; the training engine imports from it
-    only what validation during training needs, never the final scoring (thresholds on
-    validation, the test split once), and no other module defines a function of that name."""
+    """A checkpoint is scored in bgwsol/evaluation/ (scoring.py; on_ray.py fans it out over Ray
+    tasks); training imports from it only what validation during training needs, never the final
+    scoring (thresholds on validation, the test split once), and no other module defines a
+    function of that name."""
     for name, tree in modules():
-        if name == "bgwsol.training.engine":
+        if name.startswith("bgwsol.training"):
             for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module == "bgwsol.evaluation.on_ray":
+                    raise AssertionError(f"{name} imports {ast.unparse(node)}")
                 if isinstance(node, ast.ImportFrom) and node.module == "bgwsol.evaluation.scoring":
-                    assert not {a.name for a in node.names} & FINAL_SCORING, ast.unparse(node)
+                    assert not {a.name for a in node.names} & FINAL_SCORING, f"{name}: {ast.unparse(node)}"
         if name != "bgwsol.evaluation.scoring":
             defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
             assert not defined & (FINAL_SCORING | {"map_variants", "merge_evaluations"}), name

@@ -10,8 +10,9 @@
 * pictures: :func:`overlay_batch` (the example images), :func:`score_examples` (their maps)
   and :func:`score_examples` (the report's example images).
 
-Training only produces checkpoints; :func:`bgwsol.training.distributed.evaluate` is the Ray
-fan-out of :func:`evaluate_checkpoint` over the workers.
+A whole checkpoint is scored by :func:`score_here` (this process) or
+:func:`bgwsol.evaluation.on_ray.score_on_workers` (the same, split over Ray tasks). Training only
+produces checkpoints and never imports the final scoring (tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -150,6 +151,12 @@ def evaluate_checkpoint(state: dict, plan: DataPlan, worker: Worker, post_hoc: I
         val = evaluate_part(model, variants, plan.val, cfg.data.input_size, cfg.eval, worker, plan.sizes(plan.val))
         test = evaluate_part(model, variants, plan.test, cfg.data.input_size, cfg.eval, worker, plan.sizes(plan.test))
     return val, test
+
+
+def score_here(state: dict, plan: DataPlan, post_hoc: Iterable[str] = ()) -> FinalEvaluation:
+    """Score checkpoint ``state`` in this process: :func:`evaluate_checkpoint` as the only rank,
+    then :func:`summarize` (thresholds on validation, the test split once)."""
+    return summarize(*evaluate_checkpoint(state, plan, Worker(), post_hoc))
 
 
 @dataclass

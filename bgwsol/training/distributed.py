@@ -5,8 +5,8 @@
 its part of the validation split, and the ranks' accumulators are merged. Rank 0 reports
 a checkpoint per epoch through ``ray.train.report`` to the run's storage (a local folder or
 ``s3://``). A restarted worker group (``FailureConfig(max_failures)``) or a rerun with the
-same run name resumes from the latest checkpoint. :func:`evaluate` scores a checkpoint on
-validation (thresholds) and test as Ray tasks on the workers, merged on the driver.
+same run name resumes from the latest checkpoint. Training only produces checkpoints: scoring
+one is :mod:`bgwsol.evaluation` (:func:`bgwsol.evaluation.on_ray.score_on_workers`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from bgwsol.config import RunConfig, option, replace, to_dict
 from bgwsol.errors import UserError, one_line
 from bgwsol.checkpoint import CHECKPOINT_FILE  # noqa: F401 - the file name, for callers of this module
 from bgwsol.data.plan import DataPlan, RunData
-from bgwsol.evaluation.scoring import FinalEvaluation
 
 log = logging.getLogger(__name__)
 
@@ -415,46 +414,3 @@ def load_result(storage_path: str, run_name: str):
 
     loc = Location.parse(storage_path).join(run_name)
     return ray.train.Result.from_path(loc.fs_path, storage_filesystem=loc.filesystem())
-
-
-def _evaluate_part(state: dict, plan: DataPlan, rank: int, world: int, post_hoc: list[str], threads: int):
-    """One worker's share of :func:`evaluate` (a Ray task)."""
-    import ray
-    import torch
-
-    from bgwsol.data.plan import Worker
-    from bgwsol.evaluation.scoring import evaluate_checkpoint
-
-    torch.set_num_threads(threads)
-    device = "cuda" if ray.get_gpu_ids() else "cpu"
-    return evaluate_checkpoint(state, plan, Worker(rank, world, device), post_hoc)
-
-
-def evaluate(state: dict, plan: DataPlan, cluster: ClusterConfig, post_hoc: list[str] | tuple[str, ...] = ()
-             ) -> FinalEvaluation:
-    """Score checkpoint ``state`` once: validation (where every map variant chooses its
-    thresholds) and test at those thresholds, each split divided over ``cluster.num_workers``
-    Ray tasks with the resources of a training worker (a GPU each with ``use_gpu``); the
-    ranks' accumulators are merged here, as validation's are during training."""
-    import ray
-
-    from bgwsol.checkpoint import inference_state
-    from bgwsol.evaluation.scoring import merge_evaluations, summarize
-
-    task = ray.remote(num_cpus=cluster.cpus_per_worker, num_gpus=1 if cluster.use_gpu else 0)(_evaluate_part)
-    state_ref = ray.put(inference_state(state))
-    world = cluster.num_workers
-    parts = ray.get([task.remote(state_ref, plan, rank, world, list(post_hoc), max(1, int(cluster.cpus_per_worker)))
-                     for rank in range(world)])
-    return summarize(merge_evaluations([val for val, _ in parts]), merge_evaluations([test for _, test in parts]))
-
-
-def fit_and_score(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfig, tracking=None,
-                  post_hoc: list[str] | tuple[str, ...] = ()) -> tuple[dict, list[dict], FinalEvaluation]:
-    """One method's run as the main job's baseline and the comparison take it: :func:`fit` (named
-    by :func:`run_name_of` unless ``cluster.run_name``; a rerun continues it), its best checkpoint by
-    validation, then :func:`evaluate` on ``plan`` (``post_hoc`` maps on the same model). Returns
-    ``(checkpoint state, every epoch's history, FinalEvaluation)``."""
-    result = fit(cfg, data, cluster, tracking=tracking)
-    state, _ = best_checkpoint(result)
-    return state, run_history(result), evaluate(state, plan, cluster, post_hoc)

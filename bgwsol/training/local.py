@@ -14,7 +14,6 @@ from pathlib import Path
 from bgwsol.config import RunConfig
 from bgwsol.checkpoint import load_checkpoint, save_checkpoint
 from bgwsol.data.plan import DataPlan, Worker
-from bgwsol.evaluation.scoring import FinalEvaluation, evaluate_checkpoint, summarize
 from bgwsol.training.engine import train
 
 METRICS_FILE = "metrics.jsonl"  # one reported record per line, as Ray Train keeps them in its result
@@ -59,8 +58,3 @@ def best_checkpoint(run_dir: str | Path) -> tuple[dict, dict]:
         raise RuntimeError(f"run {run_dir}: no checkpoint with a validation score")
     best = max(scored, key=lambda r: r["score"])
     return load_checkpoint(Path(run_dir) / f"checkpoint_epoch{best['epoch']:03d}"), best
-
-
-def evaluate_local(state: dict, plan: DataPlan, post_hoc: list[str] | tuple[str, ...] = ()) -> FinalEvaluation:
-    """:func:`~bgwsol.evaluation.scoring.evaluate_checkpoint` in this process, summarized."""
-    return summarize(*evaluate_checkpoint(state, plan, Worker(), post_hoc))

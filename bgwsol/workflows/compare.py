@@ -175,7 +175,7 @@ def run_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfi
     its run name exists), its best checkpoint by validation, then validation (thresholds per map)
     and test on the workers; ``post_hoc`` maps are scored on the same model in the same passes.
     Writes config.yaml, history.jsonl, results.json and overlays_test.png into ``out_dir``."""
-    from bgwsol.training.distributed import fit_and_score
+    from bgwsol.workflows.fit_and_score import fit_and_score
 
     state, history, final = fit_and_score(cfg, data, plan, cluster, post_hoc=post_hoc)
     return _run_result(cfg, state, history, final, plan, out_dir)
@@ -201,7 +201,8 @@ def tune_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConf
     (:data:`bgwsol.training.tune.SPACES`, ``search.num_samples`` trials, the configured settings
     first), the best trial by validation (as the main job picks it), its best checkpoint by
     validation, then validation (thresholds) and test once, as :func:`run_one` scores."""
-    from bgwsol.training.distributed import best_checkpoint, evaluate, run_history
+    from bgwsol.evaluation.on_ray import score_on_workers
+    from bgwsol.training.distributed import best_checkpoint, run_history
     from bgwsol.training.tune import SPACES, params_of, run_search, trial_config
 
     space = SPACES[cfg.method.name]
@@ -209,7 +210,7 @@ def tune_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConf
                          params=space)
     best = outcome.best_run()
     state, _ = best_checkpoint(best)
-    final = evaluate(state, plan, cluster, post_hoc)
+    final = score_on_workers(state, plan, cluster, post_hoc)
     return _run_result(trial_config(cfg, outcome.best_params), state, run_history(best), final, plan, out_dir,
                        outcome.best_params)
 

@@ -60,8 +60,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from bgwsol.progress import stage
     from bgwsol.tracking import local_server as mlflow_server
     from bgwsol.ray_init import RayConfig, init_ray
-    from bgwsol.training.distributed import (best_checkpoint, evaluate, fit_and_score, identity_tag, run_history,
-                                             run_name_of)
+    from bgwsol.evaluation.on_ray import score_on_workers
+    from bgwsol.training.distributed import best_checkpoint, identity_tag, run_history, run_name_of
+    from bgwsol.workflows.fit_and_score import fit_and_score
     from bgwsol.data.plan import RunData, plan_data
     from bgwsol.tracking.model_registry import log_and_register
     from bgwsol.tracking.runs import attach_file, check_tracking, resolve_uri, runs_view_path
@@ -110,7 +111,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             with stage("test: the best trial's best checkpoint on the test split"):
                 best_run = outcome.best_run()
                 state, metrics = best_checkpoint(best_run)
-                final = evaluate(state, scoring, cfg.cluster)
+                final = score_on_workers(state, scoring, cfg.cluster)
             with stage("registry"):
                 registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
                                                 name=cfg.model_name or f"bgwsol-{cfg.dataset}", metric=metrics["score"],
