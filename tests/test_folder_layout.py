@@ -168,3 +168,52 @@ def test_shard_folder_flow_writes_splits_and_counts(ray_local, tmp_path):
     assert reader["other_class_boxes"] == 10 and reader["boxed_images"] == 11 and reader["boxes"] == 11
     assert shards.manifest["clipped_boxes"] == 10  # LabelImg-style 0-based corners at the edge
     assert flow.main(["--output", str(out)]) == 2  # no --source: one line before any work
+
+
+@pytest.mark.ray
+def test_a_folder_tree_in_a_bucket_gives_the_shards_of_its_folder_and_its_bad_file_is_named(ray_local, bucket,
+                                                                                             tmp_path):
+    """The folder layout from s3:// reads as from the folder (listings, then byte-identical
+    shards); an undecodable photo goes to rejects.jsonl by its URL, and above
+    ``max_reject_share`` the run stops before a manifest is written."""
+    from bgwsol.data.shards.etl import ShardConfig, dataset_listings, write_shard_set
+    from bgwsol.data.sources.rejects import TooManyRejects
+    from conftest import upload_tree
+
+    root = tmp_path / "fruit"
+    for i in range(10):
+        photo(root / "apple" / f"a{i}.jpg")
+        photo(root / "pear" / f"p{i}.jpg")
+        if i < 4:
+            voc(root / "apple" / f"a{i}.xml", f"a{i}.jpg", (60, 40), [("apple", (3, 3, 20, 20)), ("apple", (30, 5, 50, 30))])
+            voc(root / "pear" / f"p{i}.xml", f"p{i}.jpg", (60, 40), [("pear", (5, 5, 30, 30))])
+    (root / "pear" / "broken.jpg").write_bytes(b"\xff\xd8 not a photo")
+    src = f"s3://{bucket}/fruit"
+    upload_tree(root, src)
+
+    def without_paths(listing):
+        return [{k: v for k, v in r.items() if k != "path"} for r in listing.rows]
+
+    local, classes, _ = dataset_listings("folder", str(root), 0.5)
+    remote, remote_classes, _ = dataset_listings("folder", src, 0.5)
+    assert remote_classes == classes == ["apple", "pear"]
+    assert [without_paths(x) for x in remote] == [without_paths(x) for x in local]
+    assert any(len(json.loads(r["boxes"])) == 2 for x in remote for r in x.rows)  # both apples of an image are kept
+
+    cfg = ShardConfig(max_short_side=32, samples_per_shard=5, max_reject_share=0.01)
+    with pytest.raises(TooManyRejects, match=r"rejects.jsonl.*1 of 21 samples rejected.*cannot decode"):
+        write_shard_set(remote, f"s3://{bucket}/strict", dataset="folder", classes=classes, cfg=cfg)
+    from bgwsol.data.storage import Location
+
+    assert not Location.parse(f"s3://{bucket}/strict/manifest.json").exists()
+    cfg = ShardConfig(max_short_side=32, samples_per_shard=5, max_reject_share=0.1)
+    from_bucket = write_shard_set(remote, f"s3://{bucket}/shards", dataset="folder", classes=classes, cfg=cfg)
+    from_folder = write_shard_set(local, str(tmp_path / "shards"), dataset="folder", classes=classes, cfg=cfg)
+    for split in ("train", "val", "test"):
+        assert ([(s["name"], s["count"], s["sha256"]) for s in from_bucket.shards(split)]
+                == [(s["name"], s["count"], s["sha256"]) for s in from_folder.shards(split)])
+    assert from_bucket.manifest["rejects"]["count"] == 1
+    rejected = [json.loads(line) for line in Location.parse(f"s3://{bucket}/shards/rejects.jsonl").read_bytes()
+                .decode().splitlines()]
+    assert [r["path"] for r in rejected] == [f"{src}/pear/broken.jpg"]
+

@@ -7,6 +7,7 @@ import logging
 import shutil
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -69,6 +70,25 @@ def test_official_segmentations_reach_the_shards_and_give_pxap(tiny_synthetic, r
             pxap.accumulate(truth.astype(np.float32), truth)  # the truth as the score map: a perfect PxAP
             seen += 1
     assert seen == shards.count("test") and pxap.compute() == pytest.approx(100.0)
+
+    # and through the evaluator, as every run is scored: the shards' masks give PxAP and mask mIoU
+    from bgwsol.config import EvalConfig
+    from bgwsol.evaluation.evaluator import evaluate
+
+    class Brightness(torch.nn.Module):  # a stand-in model: its map is the image's own brightness
+        def forward(self, images):
+            return {"logits": images.mean(dim=(2, 3)), "maps": images.mean(dim=1)}
+
+    class Own:
+        def scoremaps(self, outputs, labels):
+            return outputs["maps"]
+
+    loader = DataLoader(EvalStream(test_urls, input_size=32), batch_size=4, collate_fn=collate_eval)
+    found = evaluate(Brightness(), {"brightness": Own()}, loader, EvalConfig(cam_curve_interval=0.05, scoremap_size=32),
+                     preprocess=lambda images: images.float() / 255)["brightness"]
+    summary = found.summary()
+    assert found.pxap is not None and found.boxes.count == shards.count("test")
+    assert 0 < summary["pxap"] < 100 and 0 < summary["mask_miou"] < 100
 
 
 @pytest.mark.ray

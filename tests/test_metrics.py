@@ -25,6 +25,22 @@ def test_maxboxacc_hand_computed():
     np.testing.assert_array_equal(acc.correct, [[1, 1]])
 
 
+def test_an_image_with_two_boxes_scores_its_best_matching_box():
+    """MaxBoxAcc as wsolevaluation defines it: an image with several true boxes is a hit when the
+    map's box overlaps any one of them enough (the best IoU over the true boxes)."""
+    from bgwsol.evaluation.scoremaps import best_iou_per_threshold
+
+    gt = np.array([[2, 2, 9, 9], [20, 20, 29, 29]])
+    second, first, neither = square_map(32, (20, 20, 29, 29)), square_map(32, (2, 2, 9, 9)), square_map(32, (12, 0, 16, 4))
+    assert best_iou_per_threshold(second, gt, [0.5], True)[0] == pytest.approx(100 / 121)  # [20, 20, 30, 30]
+    assert best_iou_per_threshold(first, gt, [0.5], True)[0] == pytest.approx(64 / 81)
+    assert best_iou_per_threshold(neither, gt, [0.5], True)[0] == 0.0
+    acc = BoxAccumulator(np.array([0.5]), (50,), multi_contour=True)
+    for m in (second, first, neither):
+        acc.accumulate(m, gt)
+    assert acc.max_box_acc()[50] == pytest.approx(200 / 3)
+
+
 def test_top1_loc_needs_class_and_box():
     acc = BoxAccumulator(np.array([0.5]), (50,))
     gt = np.array([[2, 2, 9, 9]])

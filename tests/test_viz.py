@@ -26,3 +26,14 @@ def test_a_box_at_the_top_edge_keeps_its_caption_inside_the_image():
     out = np.asarray(overlay(image, np.zeros((64, 64)), np.array([[50, 0, 63, 30]]), np.zeros((0, 4)),
                              caption="raccoon 0.51"))
     assert out.shape == (64, 64, 3) and (out[:12] == (240, 30, 30)).all(-1).any()
+
+
+def test_every_true_box_is_drawn():
+    image = np.full((120, 160, 3), 128, np.uint8)
+    truth = np.array([[10, 10, 50, 60], [90, 30, 150, 110]])  # two raccoons
+    drawn = np.asarray(overlay(image, np.zeros((120, 160), np.float32), np.zeros((0, 4)), truth))
+    green = (drawn == (40, 230, 40)).all(-1)
+    for x0, y0, x1, y1 in truth:
+        assert green[y0, x0:x1 + 1].all() and green[y1, x0:x1 + 1].all()  # top and bottom edges
+        assert green[y0:y1 + 1, x0].all() and green[y0:y1 + 1, x1].all()  # left and right edges
+        assert not green[y0 + 5:y1 - 4, x0 + 5:x1 - 4].any()  # an outline, not a filled box
