@@ -1,5 +1,6 @@
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,17 +11,17 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from bgwsol.tracking.local_server import free_port  # noqa: E402,F401  (tests import it from here)
 
 
-FLOWS = __import__("pathlib").Path(__file__).resolve().parents[1] / "flows"
+FLOWS = Path(__file__).resolve().parents[1] / "flows"
 
 
-def load_flow(name: str, module_name: str | None = None):
-    """``flows/<name>.py`` imported as a module (registered in ``sys.modules``: dataclasses
-    defined in a flow look their module up there)."""
+def load_flow(name: str, module_name: str | None = None, folder: Path = FLOWS):
+    """``flows/<name>.py`` (or ``<folder>/<name>.py``) imported as a module (registered in
+    ``sys.modules``: dataclasses defined in a flow look their module up there)."""
     import importlib.util
     import sys
 
     module_name = module_name or name
-    spec = importlib.util.spec_from_file_location(module_name, FLOWS / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(module_name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
@@ -189,29 +190,53 @@ def cpu_hogs(n: int = 2) -> list:
             for _ in range(n)]
 
 
+def photos_in_class_folders(ilsvrc_root, output: Path) -> Path:
+    """The tiny ILSVRC set as a user's own photos: one folder per class, VOC XML (as LabelImg
+    writes it, by ``benchmarks/cub_to_folder.py``'s writer) for its val images and a third of its
+    train images; the other images have no box."""
+    from bgwsol.data.sources.splits import hold_out, read_dataset
+
+    writer = load_flow("cub_to_folder", "bench_cub_to_folder", folder=FLOWS.parent / "benchmarks")
+    train, test, classes, _ = read_dataset("ilsvrc", ilsvrc_root)
+    train, boxed_train = hold_out(train, 0.3)
+    writer.write_tree(train + boxed_train + test, classes, output, {s.image_id for s in boxed_train + test}, coco=False)
+    return output
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tiny_synthetic, ray_local, tmp_path_factory):
-    """One run of the main job on tiny data, shared by the tests that inspect it: ``(result, workdir)``.
+    """One run of the main job as README "Your own photos" runs it, on tiny data, shared by the
+    tests that inspect it: ``(result, workdir)``.
 
-    It runs as on a shared machine: two CPU hogs beside it, and two Tune trials of two Ray Train
-    workers each on the session's two CPUs (issue #21: a trial that kept its placement group
-    starved the next one for ever); tests/test_cluster_resources.py checks that it finished and
-    left nothing. Relative output, shard and storage paths (as a user gives them) under
-    ``workdir``; the job starts and stops its own MLflow server. The CAM baseline is the same
-    fit + test evaluation as the tuned model: skipped to save a Ray Train start.
+    Class folders with VOC boxes (:func:`photos_in_class_folders`) are sharded by
+    ``flows/shard_folder.py`` (the README's first command; its shards must be reused), then
+    ``flows/train_folder.py``'s configuration runs with the tiny sizing. It runs as on a shared
+    machine: two CPU hogs beside it, and two Tune trials of two Ray Train workers each on the
+    session's two CPUs (issue #21: a trial that kept its placement group starved the next one for
+    ever); tests/test_cluster_resources.py checks that it finished and left nothing. Relative
+    output, shard and storage paths (as a user gives them) under ``workdir``; the job starts and
+    stops its own MLflow server. The CAM baseline is the same fit + test evaluation as the tuned
+    model: skipped to save a Ray Train start.
     """
     from bgwsol.config import replace
-    from bgwsol.workflows.main_job import PipelineConfig, run_pipeline
+    from bgwsol.workflows.main_job import run_pipeline
 
     paths, _ = tiny_synthetic
     work = tmp_path_factory.mktemp("pipeline")
+    photos = photos_in_class_folders(paths.ilsvrc, work / "photos")
+    etl = {key: value for key, value in TINY_PIPELINE.items() if key.startswith("etl.") and key != "etl.val_fraction"}
     hogs = cpu_hogs()
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.chdir(work)
             mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-            cfg = replace(PipelineConfig(), **{**TINY_PIPELINE, "search.num_samples": 2}, **{
-                "source": str(paths.ilsvrc), "background": str(paths.background), "output_dir": "out",
+            assert load_flow("shard_folder").main(["--source", str(photos), "--output", "shards/folder",
+                                                   *[a for k, v in etl.items() for a in (f"--{k}", str(v))]]) == 0
+            # read by tests/test_pipeline.py: the job must reuse these shards, not write them again
+            (work / "sharded_at").write_text(str((work / "shards/folder/manifest.json").stat().st_mtime_ns))
+            cfg = replace(load_flow("train_folder").DEFAULTS, **{
+                **TINY_PIPELINE, "search.num_samples": 2, "etl.val_fraction": 0.5, "source": str(photos),
+                "background": str(paths.background), "model_name": "bgwsol-fruit", "output_dir": "out",
                 "shards_dir": "shards", "cluster.storage_path": "ray", "baseline": ""})
             return run_pipeline(cfg), work
     finally:

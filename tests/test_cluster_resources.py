@@ -97,7 +97,7 @@ def test_main_job_on_a_busy_machine_finishes_and_leaves_nothing(pipeline_run):
     Train controller or worker of it is left."""
     result, work = pipeline_run
     assert "bgwsol (tuned)" in result["table"]
-    assert len(list((work / "ray").glob("tune-bgwsol-ilsvrc-*/_trial_*"))) == 2  # both trials ran
+    assert len(list((work / "ray").glob("tune-bgwsol-folder-*/_trial_*"))) == 2  # both trials ran
     deadline = time.monotonic() + 30
     while train_footprint() and time.monotonic() < deadline:
         time.sleep(1)

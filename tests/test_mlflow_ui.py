@@ -22,7 +22,7 @@ from bgwsol.tracking.runs import TrackingConfig
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-MODEL, ALIAS, METRIC = "bgwsol-ilsvrc", "champion", "val_maxboxacc_v2"
+MODEL, ALIAS, METRIC = "bgwsol-fruit", "champion", "val_maxboxacc_v2"
 OVERLAY = "overlays/overlays_epoch000.png"
 WAIT_S = 60  # a cold single-page app on 2 shared cores; every wait ends as soon as its element is there
 WINDOW = (1400, 1000)

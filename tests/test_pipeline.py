@@ -12,11 +12,16 @@ from conftest import TINY_PIPELINE as TINY
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_the_main_job_runs_end_to_end_and_registers_a_champion(pipeline_run):
+def test_the_main_job_runs_end_to_end_and_registers_a_champion(pipeline_run, capsys):
+    """README "Your own photos": shard_folder, train_folder, then ``bgwsol localize`` on the
+    champion through the MLflow server the job's report says to start."""
     result, tmp_path = pipeline_run
 
-    # shards committed under <shards_dir>/<dataset>, the local MLflow store under output_dir
-    assert (tmp_path / "shards/ilsvrc/manifest.json").is_file()
+    # the shards of the README's first command were reused (not rewritten), the background's
+    # committed beside them, the local MLflow store under output_dir
+    shards = json.loads((tmp_path / "shards/folder/manifest.json").read_text())
+    assert shards["dataset"] == "folder" and shards["splits"]["val"]["count"] and shards["splits"]["test"]["count"]
+    assert (tmp_path / "shards/folder/manifest.json").stat().st_mtime_ns == int((tmp_path / "sharded_at").read_text())
     assert (tmp_path / "shards/background/manifest.json").is_file()
     assert result["tracking_uri"].startswith("http://127.0.0.1:") and "mlflow server" in result["ui_command"]
     # the tuned model scored once on the test split, its two map variants beside it
@@ -24,13 +29,26 @@ def test_the_main_job_runs_end_to_end_and_registers_a_champion(pipeline_run):
     metrics = result["test"]["bgwsol"]
     assert 0.0 <= metrics["maxboxacc_v2"] <= 100.0 and 0.0 <= metrics["top1_cls"] <= 100.0
     reg = result["registration"]
-    assert (reg.name, int(reg.version), reg.champion) == ("bgwsol-ilsvrc", 1, True)
+    assert (reg.name, int(reg.version), reg.champion) == ("bgwsol-fruit", 1, True)
     table = (tmp_path / "out/comparison.md").read_text()
     assert "| bgwsol (tuned) |" in table and "| bgwsol (mask only) |" in table
     saved = json.loads((tmp_path / "out/results.json").read_text())
     assert saved["test"]["bgwsol"]["maxboxacc_v2"] == pytest.approx(result["test"]["bgwsol"]["maxboxacc_v2"])
     text = report(result, 1.0)
-    assert "models:/bgwsol-ilsvrc@champion" in text and "-> alias champion" in text
+    assert "models:/bgwsol-fruit@champion" in text and "-> alias champion" in text
+
+    from bgwsol.serving.cli import main as cli_main
+    from bgwsol.tracking.local_server import start
+
+    server = start(tmp_path / "out/mlflow")  # the store the report's "Browse the runs" command serves
+    image = sorted((tmp_path / "photos").rglob("*.JPEG"))[0]
+    try:
+        assert cli_main(["localize", "--model", "models:/bgwsol-fruit@champion", "--tracking-uri", server.url,
+                         "--out", str(tmp_path / "loc"), str(image)]) == 0
+    finally:
+        server.stop()
+    assert any(line.startswith(str(image)) for line in capsys.readouterr().out.splitlines())
+    assert (tmp_path / "loc" / f"{image.stem}_localized.png").is_file()
 
 
 def test_cub_shards_are_written_then_reused(tiny_synthetic, ray_local, tmp_path, monkeypatch):
