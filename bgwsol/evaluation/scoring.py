@@ -7,8 +7,8 @@
   and :func:`gather_evaluations` add the ranks' parts;
 * :func:`summarize` -> :class:`FinalEvaluation`: every map variant chooses its thresholds on
   validation, and the test split is read once at them;
-* pictures: :func:`overlay_batch` (the example images), :func:`score_examples` (their maps)
-  and :func:`score_examples` (the report's example images).
+* pictures: :func:`overlay_batch` (the example images) and :func:`score_examples` (their maps,
+  for a run's overlays and the report's example images).
 
 A whole checkpoint is scored by :func:`score_here` (this process) or
 :func:`bgwsol.evaluation.on_ray.score_on_workers` (the same, split over Ray tasks). Training only
