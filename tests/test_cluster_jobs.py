@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,27 +20,8 @@ import pytest
 
 from conftest import free_port
 
-# Ports a node listens on are taken from 20000-32767: below the kernel's ephemeral range
-# (32768-60999, where bind(0) and every outgoing connection take theirs) and above Ray's worker
-# ports (10002-19999). A port found free in the ephemeral range can be taken by a running job's
-# connection before the node binds it (CI: the replacement node's metrics exporter failed with
-# "Address already in use" and the raylet exited).
-NODE_PORTS = range(20000, 32768)
-
-
-def node_port() -> int:
-    """A port in NODE_PORTS that nothing listens on now."""
-    for _ in range(200):
-        port = random.choice(NODE_PORTS)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {NODE_PORTS.start}-{NODE_PORTS.stop - 1}")
-
-
+# node ports come from free_port's range, outside the kernel's ephemeral one (a port found free
+# there can be taken by a running job's connection before the node binds it: seen in CI)
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.cluster]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +38,7 @@ class Cluster:
     def __init__(self, root: Path, env: dict[str, str]):
         self.root = root  # short: Ray's socket paths must stay under 107 characters
         self.env = env
-        self.gcs_port, self.dashboard_port = node_port(), node_port()
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.nodes: list[subprocess.Popen] = []
         self.logs = root / "nodes"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -78,7 +57,7 @@ class Cluster:
         # without it, so the head then refuses every job ("No available agent to submit job")
         ports = [arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                   "--metrics-export-port", "--runtime-env-agent-port")
-                 for arg in (flag, str(node_port()))]
+                 for arg in (flag, str(free_port()))]
         proc = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
                                  "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
                                  "--temp-dir", str(self.root / f"n{n}"), *ports, *args],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,10 +30,24 @@ def machine_busy() -> bool:
         return False
 
 
+# Ports for servers started here come from 20000-32767: below Linux's ephemeral range (32768-60999,
+# where bind(0) and every outgoing connection take theirs) and above Ray's worker ports
+# (10002-19999). A port found free in the ephemeral range can be taken by some connection before
+# the server binds it (seen in CI: a Ray node's metrics exporter, "Address already in use").
+LISTEN_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port in :data:`LISTEN_PORTS` on 127.0.0.1 that nothing listens on now."""
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS.start}-{LISTEN_PORTS.stop - 1}")
 
 
 @dataclass
