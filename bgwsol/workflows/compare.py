@@ -201,17 +201,14 @@ def tune_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConf
     (:data:`bgwsol.training.tune.SPACES`, ``search.num_samples`` trials, the configured settings
     first), the best trial by validation (as the main job picks it), its best checkpoint by
     validation, then validation (thresholds) and test once, as :func:`run_one` scores."""
-    from bgwsol.evaluation.on_ray import score_on_workers
-    from bgwsol.training.distributed import best_checkpoint, run_history
     from bgwsol.training.tune import SPACES, params_of, run_search, trial_config
+    from bgwsol.workflows.fit_and_score import score_best_checkpoint
 
     space = SPACES[cfg.method.name]
     outcome = run_search(cfg, data, cluster, tracking, search, name=name, points_to_evaluate=[params_of(cfg, space)],
                          params=space)
-    best = outcome.best_run()
-    state, _ = best_checkpoint(best)
-    final = score_on_workers(state, plan, cluster, post_hoc)
-    return _run_result(trial_config(cfg, outcome.best_params), state, run_history(best), final, plan, out_dir,
+    state, history, final = score_best_checkpoint(outcome.best_run(), plan, cluster, post_hoc)
+    return _run_result(trial_config(cfg, outcome.best_params), state, history, final, plan, out_dir,
                        outcome.best_params)
 
 
