@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from bgwsol.config import option
+from bgwsol.errors import reassert_sigterm
+from bgwsol.service_start import NewChildren, did_not_start, start_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +30,45 @@ def job_runtime_env(cfg: RayConfig) -> dict:
 
 
 def init_ray(cfg: RayConfig) -> None:
-    """Connect to the configured cluster, or start a local Ray (no-op if already connected)."""
+    """Connect to the configured cluster, or start a local Ray (no-op if already connected).
+
+    A local start that times out (Ray gives its raylet a fixed 30 s to register, too little on a
+    cold, busy machine) is cleaned up, every process it started killed, and started again, up to
+    :data:`bgwsol.service_start.START_ATTEMPTS` times, one console line per retry."""
     import ray
 
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
-    from bgwsol.errors import reassert_sigterm
-
     if address:
         ray.init(address=address, runtime_env=job_runtime_env(cfg))
     else:
-        ray.init(num_cpus=cfg.num_cpus or None, runtime_env=job_runtime_env(cfg))
+        start_local_ray(lambda: ray.init(num_cpus=cfg.num_cpus or None, runtime_env=job_runtime_env(cfg)))
     reassert_sigterm()
     log.info("Ray: %s CPUs", ray.cluster_resources().get("CPU", 0))
+
+
+def start_local_ray(start: Callable[[], object]) -> None:
+    """Run ``start`` (a ``ray.init`` that starts a local node) through :func:`start_with_retries`:
+    a failed try is shut down and every process it started is killed before the next."""
+    import ray
+
+    started = NewChildren()
+
+    def cleanup() -> None:
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - a node that never came up may not shut down cleanly
+            log.debug("ray.shutdown after a failed start", exc_info=True)
+        started.kill()
+
+    start_with_retries("Ray's local node", start, cleanup, explain=_why_ray_did_not_start,
+                       advice="rerun when the machine is less busy, or start Ray yourself (`ray start --head`) "
+                              "and set RAY_ADDRESS=auto")
+
+
+def _why_ray_did_not_start(exc: BaseException) -> str:
+    """Ray's start failure in the words of a retry line (``"did not register within 30 s"``)."""
+    if "timed out during startup" in str(exc):  # ray._private.node's fixed 30 s for the raylet
+        return "did not register within 30 s"
+    return did_not_start(exc)

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1] / "bgwsol"
 # lower number = lower in the pipeline; a module may import its own stage and the ones below
 STAGES = {
     "bgwsol.config": 0, "bgwsol.errors": 0, "bgwsol.ray_init": 0, "bgwsol.progress": 0, "bgwsol.console": 0,
-    "bgwsol.flow": 0, "bgwsol.retry": 0, "bgwsol.precision": 0,
+    "bgwsol.flow": 0, "bgwsol.retry": 0, "bgwsol.precision": 0, "bgwsol.service_start": 0,
     "bgwsol.data": 1,
     "bgwsol.models": 2,
     "bgwsol.methods": 3,

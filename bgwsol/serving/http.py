@@ -27,6 +27,7 @@ import io
 from dataclasses import dataclass
 
 from bgwsol.config import option
+from bgwsol.service_start import start_with_retries
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 
@@ -198,8 +199,13 @@ def start(cfg: ServeConfig, app_name: str = "bgwsol") -> str:
     the service's base URL once every replica has loaded the model."""
     from ray import serve
 
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_app(cfg), name=app_name, route_prefix="/")
+    def deploy() -> None:
+        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        serve.run(build_app(cfg), name=app_name, route_prefix="/")
+
+    # a controller or proxy too slow to come up on a busy machine is shut down and started again
+    start_with_retries("The Serve application", deploy, serve.shutdown,
+                       advice="rerun when the machine is less busy")
     return f"http://{cfg.host}:{cfg.port}"
 
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bgwsol.service_start import START_ATTEMPTS, start_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {LISTEN_PORTS.start}-{LISTEN_PORTS.stop - 1}")
+
+
+class ServerNotAnswering(TimeoutError, RuntimeError):
+    """The server's ``/health`` did not answer within the time allowed."""
 
 
 @dataclass
@@ -112,8 +117,35 @@ class LocalMlflowServer:
                                 os.cpu_count() or 1, busy_timeout_s)
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"mlflow server did not answer on {self.url} within {waited:.0f} s; "
-                           f"see {self.root / 'server.log'}")
+        raise ServerNotAnswering(f"mlflow server did not answer on {self.url} within {waited:.0f} s; "
+                                 f"see {self.root / 'server.log'}")
+
+    def ready(self, timeout_s: float = 120.0, busy_timeout_s: float = 600.0,
+              attempts: int = START_ATTEMPTS) -> "LocalMlflowServer":
+        """:meth:`wait_ready`, and a server that did not answer in time (or exited because its port
+        was taken meanwhile) is stopped and launched again on another port, up to ``attempts``
+        times in all, one console line per retry; the last failure is a one-line
+        :class:`~bgwsol.errors.UserError` naming ``server.log``."""
+        tries = iter(range(attempts))
+
+        def start() -> "LocalMlflowServer":
+            if next(tries):  # every try after the first launches a new server
+                fresh = launch(self.root)
+                self.port, self.process = fresh.port, fresh.process
+            return self.wait_ready(timeout_s, busy_timeout_s)
+
+        return start_with_retries("The MLflow server", start, self.stop, attempts=attempts,
+                                  retryable=self._may_answer_if_started_again)
+
+    def _may_answer_if_started_again(self, exc: BaseException) -> bool:
+        """A server too slow to answer, or one that lost its port to another process."""
+        if isinstance(exc, ServerNotAnswering):
+            return True
+        try:
+            tail = (self.root / "server.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return False
+        return "address already in use" in tail.lower()
 
     def __enter__(self) -> "LocalMlflowServer":
         return self
@@ -142,5 +174,6 @@ def launch(root: str | Path, port: int = 0) -> LocalMlflowServer:
 
 
 def start(root: str | Path, port: int = 0, timeout_s: float = 120.0) -> LocalMlflowServer:
-    """Start ``mlflow server`` on 127.0.0.1 with its store under ``root``; waits until ``/health`` answers."""
-    return launch(root, port).wait_ready(timeout_s)
+    """Start ``mlflow server`` on 127.0.0.1 with its store under ``root``; waits until ``/health``
+    answers, starting it again (on another port) when it does not (:meth:`LocalMlflowServer.ready`)."""
+    return launch(root, port).ready(timeout_s)

@@ -86,7 +86,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 data = RunData(*prepare_shards(cfg))
             base = cfg.run
             if server is not None:
-                tracking = replace(tracking, tracking_uri=server.wait_ready().url)
+                tracking = replace(tracking, tracking_uri=server.ready().url)
                 ui = server.ui_command()
                 log.info("MLflow tracking server for this run: %s", server.url)
             scoring = plan_data(data, False)  # the intact validation and test shards, for both models
