@@ -4,7 +4,10 @@
 of the images come from an annotation tool: Pascal VOC XML beside each image or in a parallel
 ``annotations/`` tree (LabelImg, CVAT, Label Studio, Roboflow), or one ``annotations.json`` in
 COCO form. The images with a box of their class are split by image id into validation
-(``--etl.val_fraction`` of them) and test; every other image trains without boxes. A test set
+(``--etl.val_fraction`` of them) and test; every other image trains without boxes. In a class
+whose photos are mostly boxed (a full annotation export), ``--etl.boxed_train_share`` of the
+boxed ones train too (boxes unused), keeping ``--etl.eval_min_per_class`` per class for
+validation and for test. A test set
 labelled apart goes in ``--eval_source`` (the same layout): its boxed images are then the test
 split, and the boxed images under ``--source`` validation. Boxes of
 other classes are ignored and counted in the manifest (``reader``); the conventions each

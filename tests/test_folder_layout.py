@@ -217,3 +217,51 @@ def test_a_folder_tree_in_a_bucket_gives_the_shards_of_its_folder_and_its_bad_fi
                 .decode().splitlines()]
     assert [r["path"] for r in rejected] == [f"{src}/pear/broken.jpg"]
 
+
+
+def fully_annotated(root, per_class: int, coco: bool):
+    """Every photo of two classes boxed, as an annotation tool's whole export (VOC beside each
+    image, or one COCO file)."""
+    images, annotations = [], []
+    for c in ("apple", "pear"):
+        for i in range(per_class):
+            photo(root / c / f"{c}{i:03d}.jpg")
+            if coco:
+                images.append({"id": len(images) + 1, "file_name": f"{c}/{c}{i:03d}.jpg", "width": 60, "height": 40})
+                annotations.append({"id": len(images), "image_id": len(images), "category_id": 1 + (c == "pear"),
+                                    "bbox": [2, 2, 20, 20]})
+            else:
+                voc(root / c / f"{c}{i:03d}.xml", f"{c}{i:03d}.jpg", (60, 40), [(c, (2, 2, 20, 20))])
+    if coco:
+        (root / "annotations.json").write_text(json.dumps({
+            "images": images, "annotations": annotations,
+            "categories": [{"id": 1, "name": "apple"}, {"id": 2, "name": "pear"}]}))
+
+
+@pytest.mark.parametrize("coco", [False, True], ids=["voc", "coco"])
+def test_a_fully_annotated_folder_trains_on_most_of_its_photos(tmp_path, coco):
+    root = tmp_path / "all_boxed"
+    fully_annotated(root, 60, coco)
+    train, val, test, classes, counts = read_folder(root, val_fraction=0.5)
+    ids = [[s.image_id for s in split] for split in (train, val, test)]
+    assert len(train) == 2 * 36 and counts.boxed_train == 72  # floor(0.6 x 60) per class
+    assert len(val) + len(test) == 48 and counts.boxed_images == 120
+    assert sum(map(len, ids)) == len(set(sum(ids, []))) == 120  # no photo in two splits
+    assert val and test and {s.label for s in train} == {0, 1}
+    rerun = read_folder(root, val_fraction=0.5)
+    assert [[s.image_id for s in split] for split in rerun[:3]] == ids  # a rerun agrees
+    few = read_folder(root, val_fraction=0.5, eval_min_per_class=25)
+    for label in (0, 1):  # at least the minimum per evaluation split is left per class: 60 - 2 x 25 train
+        assert sum(s.label == label for s in few[0]) == 10 and sum(s.label == label for s in few[1] + few[2]) == 50
+    none = read_folder(root, val_fraction=0.5, boxed_train_share=0.0)
+    assert none[0] == [] and len(none[1]) + len(none[2]) == 120  # the old rule, on request
+
+
+def test_a_class_mostly_without_boxes_keeps_every_boxed_photo_for_evaluation(tmp_path):
+    root = tmp_path / "some_boxed"
+    fully_annotated(root, 30, coco=False)
+    for i in range(31):  # apple: 31 unboxed photos beside its 30 boxed ones
+        photo(root / "apple" / f"extra{i}.jpg")
+    train, val, test, _, counts = read_folder(root, val_fraction=0.5)
+    assert sum(s.label == 0 for s in val + test) == 30 and sum(s.label == 1 for s in val + test) == 20
+    assert counts.boxed_train == 10 and len(train) == 31 + 10

@@ -69,6 +69,11 @@ class ShardConfig:
     shard_size_mb: float = option(512.0, "target shard size in MiB (0.5-1 GiB suits ILSVRC on S3)")
     samples_per_shard: int = option(0, "fixed samples per shard; 0: derive from shard_size_mb")
     val_fraction: float = option(0.15, "share of boxed train images held out as the validation split")
+    boxed_train_share: float = option(0.6, "folder layout: in a class whose boxed photos outnumber its unboxed "
+                                           "ones (a full annotation export), this share of them trains (boxes "
+                                           "unused); 0: every boxed photo validates or tests")
+    eval_min_per_class: int = option(10, "folder layout: boxed photos kept per class for validation and for test "
+                                         "(each) before any boxed photo of that class trains")
     cpus_per_task: float = option(1.0, "Ray CPUs per ETL task (one task writes one shard)")
     read_ahead: int = option(16, "source files each ETL task reads ahead on threads (hides S3 / network file "
                                  "system latency; 1: one at a time)")
@@ -185,6 +190,8 @@ def shard_config_problems(cfg: ShardConfig, flag: str = "--etl.") -> list[str]:
         (cfg.shard_size_mb > 0, "shard_size_mb", "must be > 0"),
         (cfg.samples_per_shard >= 0, "samples_per_shard", "must be >= 0 (0: derive from shard_size_mb)"),
         (0 < cfg.val_fraction < 1, "val_fraction", "must be in (0, 1)"),
+        (0 <= cfg.boxed_train_share < 1, "boxed_train_share", "must be in [0, 1)"),
+        (cfg.eval_min_per_class >= 1, "eval_min_per_class", "must be >= 1"),
         (cfg.cpus_per_task > 0, "cpus_per_task", "must be > 0"),
         (cfg.read_ahead >= 1, "read_ahead", "must be >= 1"),
         (0 <= cfg.max_reject_share <= 1, "max_reject_share", "must be in [0, 1]"),
@@ -462,12 +469,14 @@ def code_version() -> str:
     return f"bgwsol {__version__}"
 
 
-def dataset_listings(dataset: str, root: str, val_fraction: float, eval_root: str = ""
+def dataset_listings(dataset: str, root: str, val_fraction: float, eval_root: str = "",
+                     boxed_train_share: float = 0.6, eval_min_per_class: int = 10
                      ) -> tuple[list[SplitListing], list[str], list[str]]:
     """``train`` / ``val`` / ``test`` listings of a dataset in its own layout (``ilsvrc``, ``cub``, or
     ``folder``: class folders with VOC / COCO boxes, :mod:`bgwsol.data.sources.folder`, where
     ``val_fraction`` is the validation share of the boxed images and the rest is test, or
-    ``eval_root`` is a second tree whose boxed images are test), plus the classes and their names.
+    ``eval_root`` is a second tree whose boxed images are test; ``boxed_train_share`` and
+    ``eval_min_per_class``: how much of a mostly boxed class trains), plus the classes and their names.
 
     Validation is carved from the labelled train images exactly as in local training
     (:func:`bgwsol.data.sources.splits.hold_out`), so a shard set and a folder give the same splits.
@@ -477,10 +486,12 @@ def dataset_listings(dataset: str, root: str, val_fraction: float, eval_root: st
     if dataset == "folder":  # boxes only where the user drew them: those images are validation and test
         from bgwsol.data.sources.folder import read_folder
 
-        train, val, test, classes, found = read_folder(root, val_fraction, eval_root or None)
-        split = (f"{len(val)} with a box of their class validate; {eval_root}: {found.eval_images} images, {len(test)} "
-                 f"with a box test" if eval_root else
-                 f"{found.boxed_images} with a box of their class ({len(val)} validation, {len(test)} test)")
+        train, val, test, classes, found = read_folder(root, val_fraction, eval_root or None, boxed_train_share,
+                                                       eval_min_per_class)
+        split = (f"{found.boxed_images} with a box of their class ({found.boxed_train} train, {len(val)} validate); "
+                 f"{eval_root}: {found.eval_images} images, {len(test)} with a box test" if eval_root else
+                 f"{found.boxed_images} with a box of their class ({found.boxed_train} train, {len(val)} validation, "
+                 f"{len(test)} test)")
         log.info("%s: %d images in %d class folders; %s; %d boxes in all, %d boxes of other classes ignored", root,
                  found.images, len(classes), split, found.boxes, found.other_class_boxes)
         if found.eval_unboxed or found.eval_also_in_train:

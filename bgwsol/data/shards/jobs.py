@@ -128,7 +128,8 @@ def shard_sources(sources: DataSources, etl: ShardConfig) -> tuple[str, str]:
         source = str(paths.cub if dataset == "cub" else paths.ilsvrc)
         background = background or str(paths.background)
     root = Location.parse(sources.shards_dir)
-    data = shard_or_reuse(lambda: dataset_listings(dataset, source, etl.val_fraction, sources.eval_source),
+    data = shard_or_reuse(lambda: dataset_listings(dataset, source, etl.val_fraction, sources.eval_source,
+                                                   etl.boxed_train_share, etl.eval_min_per_class),
                           root.join(dataset).url, dataset, etl, source_label(source, sources.eval_source))
     bg = shard_or_reuse(
         lambda: ([SplitListing("background", listing_rows(read_background_folder(background), []))], [], None),
@@ -144,7 +145,8 @@ def _synthetic():
 
 def run_dataset_job(job: DatasetShardJob) -> ShardSet:
     source = job.source or str(getattr(_synthetic(), job.dataset))
-    listings, classes, names = dataset_listings(job.dataset, source, job.etl.val_fraction, job.eval_source)
+    listings, classes, names = dataset_listings(job.dataset, source, job.etl.val_fraction, job.eval_source,
+                                                job.etl.boxed_train_share, job.etl.eval_min_per_class)
     init_ray(job.ray)
     return write_shard_set(listings, job.output, dataset=job.dataset, classes=classes, class_names=names, cfg=job.etl,
                            source=source_label(source, job.eval_source))

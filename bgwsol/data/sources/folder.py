@@ -14,6 +14,14 @@ the SHA-1 of their image id: a ``val_fraction`` share is validation, the rest te
 image trains, without boxes. A separate evaluation tree in the same layout (``eval_root``,
 ``--eval_source``: a test set labelled apart) gives the split instead: its boxed images are
 test, and the boxed images of the training tree are validation.
+
+A fully annotated folder (an annotation tool's whole export) would leave nothing to train on, and
+WSOL trains on image labels alone, so a boxed image can train like any other (its boxes unused
+in training). In a class whose boxed images outnumber its unboxed ones, a ``boxed_train_share``
+of them trains (the lowest SHA-1 of ``"train:" + image id``, so reruns agree and the draw is
+independent of the validation/test one), as long as at least ``eval_min_per_class`` boxed
+images per evaluation split remain in that class. A class mostly without boxes keeps every
+boxed image for evaluation, as before.
 An image keeps every box of its class (MaxBoxAcc takes the best match); boxes of other
 classes (a person holding the fruit) are ignored and counted.
 
@@ -70,6 +78,7 @@ class FolderCounts:
     eval_images: int = 0                # --eval_source: images in the evaluation tree
     eval_unboxed: int = 0               # ... of them without a box of their class (not used)
     eval_also_in_train: int = 0         # ... of them with an id (<class>/<file>) that the training tree has too
+    boxed_train: int = 0                # boxed images that train (their boxes unused), see boxed_to_train
 
     def to_json(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "unknown_categories"}
@@ -158,6 +167,33 @@ def in_eval_pool(image_id: str, val_fraction: float) -> str:
     return "val" if digest < int(val_fraction * 2**64) else "test"
 
 
+def train_draw(image_id: str) -> int:
+    """The SHA-1 order in which a class's boxed images are moved to training (independent of
+    :func:`in_eval_pool`'s, which hashes the bare id)."""
+    return int.from_bytes(hashlib.sha1(f"train:{image_id}".encode()).digest()[:8], "big")
+
+
+def boxed_to_train(unboxed: list[Sample], boxed: list[Sample], share: float, min_per_split: int,
+                   eval_splits: int) -> tuple[list[Sample], list[Sample]]:
+    """``(boxed images that train, boxed images that evaluate)``: per class whose boxed images
+    outnumber its unboxed ones, ``floor(share * boxed)`` train, but never so many that fewer than
+    ``min_per_split * eval_splits`` remain for evaluation (module docstring)."""
+    unboxed_per_class = Counter(s.label for s in unboxed)
+    by_class: dict[int, list[Sample]] = {}
+    for sample in boxed:
+        by_class.setdefault(sample.label, []).append(sample)
+    train, keep = [], []
+    for label, samples in by_class.items():
+        moved = 0
+        if len(samples) > unboxed_per_class[label]:
+            moved = max(0, min(math.floor(share * len(samples)), len(samples) - min_per_split * eval_splits))
+        ordered = sorted(samples, key=lambda s: train_draw(s.image_id))
+        train += ordered[:moved]
+        keep += ordered[moved:]
+    order = {s.image_id: i for i, s in enumerate(boxed)}  # the evaluation pool keeps the reader's order
+    return sorted(train, key=lambda s: order[s.image_id]), sorted(keep, key=lambda s: order[s.image_id])
+
+
 def _real_size(path) -> tuple[int, int] | None:
     from PIL import Image
 
@@ -169,9 +205,13 @@ def _real_size(path) -> tuple[int, int] | None:
 
 
 def read_folder(root: str | Path | SourceTree, val_fraction: float = 0.5,
-                eval_root: str | Path | SourceTree | None = None
+                eval_root: str | Path | SourceTree | None = None, boxed_train_share: float = 0.6,
+                eval_min_per_class: int = 10
                 ) -> tuple[list[Sample], list[Sample], list[Sample], list[str], FolderCounts]:
     """``(train, val, test, classes, counts)`` of a class-folder tree (module docstring).
+
+    ``boxed_train_share`` and ``eval_min_per_class``: how much of a mostly boxed class trains
+    (:func:`boxed_to_train`; a share of 0 keeps every boxed image for evaluation).
 
     With ``eval_root`` (a second tree in the same layout, ``--eval_source``) the split is given
     instead of drawn: every boxed image of ``eval_root`` is test, every boxed image of ``root``
@@ -192,10 +232,17 @@ def read_folder(root: str | Path | SourceTree, val_fraction: float = 0.5,
     counts = FolderCounts()
     train, boxed = _label(tree, listed, classes, counts)
     counts.images, counts.boxed_images = len(train) + len(boxed), len(boxed)
+    if not boxed and eval_root is None:
+        raise DatasetFormatError(f"{tree.url}: no image has a box of its own class (VOC XML beside the images or "
+                                 f"under {ANNOTATIONS_DIR}/, or {COCO_FILE}): nothing to validate and test on")
+    if not boxed:
+        raise DatasetFormatError(f"{tree.url}: no image has a box of its own class; with --eval_source those are the "
+                                 "validation split (thresholds are chosen on it, never on the test split)")
+    boxed_train, boxed = boxed_to_train(train, boxed, boxed_train_share, eval_min_per_class,
+                                        eval_splits=2 if eval_root is None else 1)
+    counts.boxed_train = len(boxed_train)
+    train = train + boxed_train
     if eval_root is None:
-        if not boxed:
-            raise DatasetFormatError(f"{tree.url}: no image has a box of its own class (VOC XML beside the images or "
-                                     f"under {ANNOTATIONS_DIR}/, or {COCO_FILE}): nothing to validate and test on")
         pool = {"val": [], "test": []}
         for sample in boxed:  # each id hashed once
             pool[in_eval_pool(sample.image_id, val_fraction)].append(sample)
@@ -210,9 +257,6 @@ def read_folder(root: str | Path | SourceTree, val_fraction: float = 0.5,
     unboxed, test = _label(eval_tree, eval_listed, classes, counts)
     counts.eval_images, counts.eval_unboxed = len(unboxed) + len(test), len(unboxed)
     counts.eval_also_in_train = len({s.image_id for s in test} & {s.image_id for s in train + boxed})
-    if not boxed:
-        raise DatasetFormatError(f"{tree.url}: no image has a box of its own class; with --eval_source those are the "
-                                 "validation split (thresholds are chosen on it, never on the test split)")
     if not test:
         raise DatasetFormatError(f"{eval_tree.url}: no image has a box of its own class: nothing to test on")
     return train, boxed, test, classes, counts
