@@ -47,7 +47,13 @@ def test_decoding_follows_the_stated_conventions():
     assert red_share(image, corpus.EXIF_OBJECT_BOX) > 0.95  # the box drawn on the displayed photo is on the object
     with pytest.raises(RejectedImage, match="decompression bomb"):
         decode_rgb(corpus.decompression_bomb())
-    assert np.asarray(decode_rgb(corpus.images()["palette with transparency"][1])[0]).min() >= 0  # composited
+    palette_png = corpus.images()["palette with transparency"][1]
+    with Image.open(io.BytesIO(palette_png)) as raw:  # palette index 0 is the transparent one
+        transparent, colours = np.asarray(raw) == 0, np.asarray(raw.convert("RGB"))
+    composited = np.asarray(decode_rgb(palette_png)[0])
+    assert transparent.any() and (~transparent).any() and (colours[transparent] != 255).any()
+    assert (composited[transparent] == 255).all()  # composited over white, not the palette's colour
+    assert (composited[~transparent] == colours[~transparent]).all()  # the opaque pixels as they were
 
 
 def cub_tree(root: Path) -> dict[str, str]:

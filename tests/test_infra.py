@@ -42,7 +42,8 @@ def test_yaml_parses(path):
 
 @pytest.mark.parametrize("path", sorted(INFRA.rglob("*.json")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_json_parses(path):
-    json.loads(path.read_text())
+    doc = json.loads(path.read_text())
+    assert isinstance(doc, dict) and doc  # an IAM policy or a dashboard: a non-empty object
 
 
 # ------------------------------------------------------------------------------ compose

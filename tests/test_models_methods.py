@@ -109,13 +109,26 @@ def test_fg_grad_scale_zero_keeps_head_gradient_out_of_backbone():
 
 
 def test_scoremaps_blend_and_range():
-    m = build_method(MethodConfig(name="bgwsol", alpha=1.0))
+    """The map is alpha * minmax(foreground) + (1 - alpha) * minmax(CAM of the given class), in [0, 1]."""
+    torch.manual_seed(0)
     out = outputs(b=2, k=3, h=4)
-    out["fg_logits"] = torch.randn(2, 1, 4, 4)
-    maps = m.scoremaps(out, torch.tensor([0, 2]))
-    assert maps.shape == (2, 4, 4) and maps.min() >= 0 and maps.max() <= 1
-    flat = out["fg_logits"].flatten(1)
-    assert torch.equal(maps.flatten(1).argmax(1), flat.argmax(1))
+    out["fg_logits"], out["cams"] = torch.randn(2, 1, 4, 4), torch.randn(2, 3, 4, 4)
+    labels = torch.tensor([0, 2])
+
+    def minmax(x):  # written out here, not the library's
+        flat = x.flatten(1)
+        lo, hi = flat.min(1, keepdim=True)[0], flat.max(1, keepdim=True)[0]
+        return ((flat - lo) / (hi - lo)).view_as(x)
+
+    fg = minmax(torch.sigmoid(out["fg_logits"][:, 0]))
+    cam = minmax(out["cams"][torch.arange(2), labels])
+    only_fg = build_method(MethodConfig(name="bgwsol", alpha=1.0)).scoremaps(out, labels)
+    assert torch.equal(only_fg.flatten(1).argmax(1), out["fg_logits"].flatten(1).argmax(1))
+    for alpha in (0.0, 0.3, 0.8):
+        maps = build_method(MethodConfig(name="bgwsol", alpha=alpha)).scoremaps(out, labels)
+        assert maps.shape == (2, 4, 4) and maps.min() >= 0 and maps.max() <= 1
+        torch.testing.assert_close(maps, alpha * fg + (1 - alpha) * cam, atol=1e-5, rtol=0)
+    assert not torch.allclose(fg, cam)  # the blend is not one map twice
 
 
 # ------------------------------------------------------------------ pretrained weights (offline)

@@ -139,12 +139,18 @@ def test_ray_start_commands_of_the_cluster_config_parse():
     from ray.scripts.scripts import cli
 
     cfg = yaml.safe_load(CLUSTER.read_text())
+    started = {}
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         for line in cfg[key]:
             for part in line.split(";"):
                 words = shlex.split(part)
                 if words and words[0] == "ray":
-                    click_parse(cli, words[1:])
+                    _, ctx = click_parse(cli, words[1:])
+                    if ctx.command_path.endswith(" start"):
+                        started[key] = ctx.params
+    # each node kind starts Ray: the head as the head, the workers joining the head's GCS
+    assert started["head_start_ray_commands"]["head"] is True
+    assert started["worker_start_ray_commands"]["head"] is False and started["worker_start_ray_commands"]["address"]
 
 
 def test_every_runbook_flow_command_parses(flows):
