@@ -12,8 +12,10 @@ one is :mod:`bgwsol.evaluation` (:func:`bgwsol.evaluation.on_ray.score_on_worker
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 
 from bgwsol.config import RunConfig, option, replace, to_dict
@@ -114,6 +116,7 @@ class WorkerJob:
     run_name: str
     tracking: object = None             # TrackingConfig, or None: no tracking
     parent_run_id: str | None = None
+    submitted_at: float = 0.0           # time.time() when the driver handed the run to Ray Train
 
 
 class TrainingCodeError(RuntimeError):
@@ -204,6 +207,7 @@ def train_loop_per_worker(config: dict) -> None:
     from bgwsol.training.engine import train
 
     job: WorkerJob = config["job"]
+    startup = worker_startup(job.submitted_at)
     ctx = ray.train.get_context()
     if ctx.get_world_rank() == 0:
         from bgwsol.training.cluster_resources import note_placement_group
@@ -221,9 +225,26 @@ def train_loop_per_worker(config: dict) -> None:
 
     progress = (ProgressSender(job.run_name, job.cfg.train.epochs, job.cfg.eval.select_metric)
                 if worker.rank == 0 else None)
-    train(job.cfg, job.plan, worker, session, logger if on_start else None, on_start, progress)
+    train(job.cfg, job.plan, worker, session, logger if on_start else None, on_start, progress, startup)
     if on_start is not None:
         logger.end()
+
+
+def worker_startup(submitted_at: float) -> dict[str, float]:
+    """Seconds before this worker's training loop, for the first epoch's record:
+    ``startup_worker_group_s`` (the driver's ``fit`` to this process's creation: placement group,
+    process spawn) and ``startup_process_s`` (this process's creation to its training loop:
+    Python and torch imports, Ray Train's set-up, the DDP process group)."""
+    import time
+
+    import psutil  # Ray's vendored copy
+
+    created = psutil.Process().create_time()
+    now = time.time()
+    out = {"startup_process_s": now - created}
+    if submitted_at:
+        out["startup_worker_group_s"] = max(0.0, created - submitted_at)
+    return out
 
 
 def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, callbacks: list | None = None,
@@ -330,6 +351,7 @@ def _fit_with_restarts(job: WorkerJob, run_config, cluster: ClusterConfig, name:
 
     restarts = 0
     while True:
+        job = dataclasses.replace(job, submitted_at=time.time())  # each (re)start of the worker group is timed
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config={"job": job},
             scaling_config=ray.train.ScalingConfig(num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,

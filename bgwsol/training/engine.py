@@ -209,9 +209,12 @@ def train_one_epoch(training: Training, loader, epoch: int, logger: EpochLogger 
     training.model.train()
     amp_dtype = torch.bfloat16 if worker.amp else None
     t0, seen, skipped = time.perf_counter(), 0, 0
+    first_batch_s = None
     sums: dict[str, float] = {}
     step = epoch * training.steps_per_epoch
     for batch in loader:
+        if first_batch_s is None:  # the loader's start: shard reads, buffer fill (processes, with loader_workers)
+            first_batch_s = time.perf_counter() - t0
         images = normalize(batch["image"].to(worker.device, non_blocking=True)).contiguous(
             memory_format=worker.memory_format)
         labels = batch["label"].to(worker.device)
@@ -234,6 +237,7 @@ def train_one_epoch(training: Training, loader, epoch: int, logger: EpochLogger 
                           seen * worker.world, time.perf_counter() - t0)
     elapsed = time.perf_counter() - t0
     return {"epoch": epoch, "images_per_s": seen * worker.world / elapsed, "skipped_samples": skipped,
+            "time_train_s": elapsed, "time_first_batch_s": first_batch_s or 0.0,
             "damaged_shards": len(training.plan.damaged), "damaged_samples": training.plan.lost,
             "lr": training.scheduler.get_last_lr()[0],
             **{f"train_{k}": v / training.steps_per_epoch for k, v in sums.items()}}
@@ -283,7 +287,7 @@ def log_overlays(training: Training, logger: EpochLogger, batch: dict, tau: floa
 
 
 def train(cfg: RunConfig, plan: DataPlan, worker: Worker, session: Session, logger: EpochLogger | None = None,
-          on_start=None, progress: ProgressSender | None = None) -> Training:
+          on_start=None, progress: ProgressSender | None = None, startup: dict[str, float] | None = None) -> Training:
     """Train ``cfg`` on ``plan`` as rank ``worker.rank`` of ``worker.world``, from the session's
     latest checkpoint if it has one. Each epoch: steps, validation every ``train.eval_every``
     epochs (and at the end), one report to ``session`` (with the checkpoint on rank 0).
@@ -292,20 +296,33 @@ def train(cfg: RunConfig, plan: DataPlan, worker: Worker, session: Session, logg
     ``on_start(training)`` (rank 0) runs once the model is built and any checkpoint restored,
     e.g. to open the tracking run whose id the checkpoint carries; ``progress`` (rank 0) gets
     step and epoch events for a console.
+
+    Where the time goes, in seconds, in each epoch's record: ``time_train_s`` (its steps),
+    ``time_first_batch_s`` (of which waiting for the first batch), ``time_validation_s``; the
+    first epoch of each start also carries ``startup`` (the caller's figures, e.g. the worker
+    group's start, plus ``startup_build_s``: model, weights and DDP, and ``startup_resume_s``:
+    checkpoint and tracking run).
     """
+    t0 = time.perf_counter()
     training = build_training(cfg, plan, worker)
+    t1 = time.perf_counter()
     state = session.latest_state()
     if state is not None:
         restore(training, state)
     if on_start is not None:
         on_start(training)
+    startup = {**(startup or {}), "startup_build_s": t1 - t0, "startup_resume_s": time.perf_counter() - t1}
     stream, loader = train_stream(training)
     overlays = None
     for epoch in range(training.start_epoch, cfg.train.epochs):
         stream.set_epoch(epoch)
         record = train_one_epoch(training, loader, epoch, logger, progress)
+        record.update(startup)
+        startup = {}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+            t_val = time.perf_counter()
             record.update(validate(training))
+            record["time_validation_s"] = time.perf_counter() - t_val
             if logger is not None:
                 overlays = overlays or overlay_batch(plan.val, cfg.data.input_size)
                 log_overlays(training, logger, overlays, record.get("val_tau50", 0.5), epoch)
