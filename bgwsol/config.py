@@ -16,6 +16,9 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+# how a trained model runs for inference (bgwsol.precision): its choices in every --help
+Precision = Literal["fp32", "bf16"]
+
 T = TypeVar("T")
 
 
@@ -98,7 +101,7 @@ class EvalConfig:
     multi_contour: bool = option(True, "all contours (MaxBoxAccV2) or the largest one (MaxBoxAcc)")
     scoremap_size: int = option(224, "maps are upsampled to this square size before boxes are drawn")
     select_metric: str = option("top1_loc", "validation metric that picks the checkpoint (top1_loc needs both class and box)")
-    precision: str = option("fp32", "how evaluation runs the model (channels_last either way): fp32, or bf16 autocast "
+    precision: Precision = option("fp32", "how evaluation runs the model (channels_last either way): fp32, or bf16 autocast "
                                     "(faster where the device has native bf16; moves boxes by a few pixels)")
 
 

@@ -160,3 +160,22 @@ def test_the_bad_input_corpus(service):
                 x0, y0, x1, y1 = answer.json()["box"]
                 assert x1 < corpus.EXIF_DISPLAYED_SIZE[0] and y1 < corpus.EXIF_DISPLAYED_SIZE[1]
         assert requests.get(f"{url}/health", timeout=30).status_code == 200, name
+
+
+def test_the_registered_model_answers_as_an_mlflow_pyfunc(registered, mlflow_server, tmp_path, monkeypatch):
+    """``mlflow.pyfunc.load_model`` on the registered model (its loader module,
+    bgwsol.serving.pyfunc) answers as ``bgwsol localize`` does, for a path and for bytes."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from PIL import Image
+
+    from bgwsol.serving.localizer import load_localizer
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    path = tmp_path / "shape.png"
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(path)
+    model = mlflow.pyfunc.load_model(registered)
+    answers = model.predict(pd.DataFrame({"image": [str(path), path.read_bytes()]}))
+    expected = load_localizer(registered, None, mlflow_server)(Image.open(path))
+    assert list(answers["class_name"]) == [expected.class_name] * 2 and expected.class_name in NAMES
+    assert [list(b) for b in answers["box"]] == [list(expected.box)] * 2

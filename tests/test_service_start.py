@@ -184,3 +184,23 @@ def test_an_mlflow_server_that_cannot_start_is_not_retried(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="mlflow server exited with"):
         local_server.launch(tmp_path).ready(attempts=3)
     assert len(launches) == 1
+
+
+RAY_NICENESS = textwrap.dedent("""
+    import os, sys, ray
+    from bgwsol.ray_init import RayConfig, init_ray
+
+    init_ray(RayConfig(num_cpus=1, worker_niceness=int(sys.argv[1])))
+    print("NICE", ray.get(ray.remote(lambda: os.nice(0)).remote()))
+    ray.shutdown()
+""")
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("niceness", [0, 15])
+def test_a_local_rays_workers_run_at_the_configured_niceness(tmp_path, niceness):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", RAY_NICENESS, str(niceness)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"NICE {niceness}" in done.stdout

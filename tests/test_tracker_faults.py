@@ -17,7 +17,8 @@ import torch
 from bgwsol.config import RunConfig, replace
 from bgwsol.tracking import runs
 from bgwsol.tracking.local_server import free_port, launch
-from bgwsol.tracking.runs import RunLogger, TrackingConfig, replay_unlogged
+from bgwsol.tracking.run_logger import RunLogger, replay_unlogged
+from bgwsol.tracking.runs import TrackingConfig
 from bgwsol.data.plan import RunData, plan_data
 from bgwsol.training.local import fit_local
 
@@ -182,6 +183,9 @@ def test_a_tracker_that_never_comes_back_leaves_what_was_not_logged_beside_the_c
     assert path == run_dir / f"unlogged_{run_id}.json"
     doc = json.loads(path.read_text())
     assert doc["run_id"] == run_id and doc["tracking_uri"] == url and "replay_unlogged" in doc["log_later"]
+    # the command it gives imports what it names (python -c "from <module> import replay_unlogged; ...")
+    module = doc["log_later"].split("from ", 1)[1].split(" import ", 1)[0]
+    assert getattr(__import__(module, fromlist=["replay_unlogged"]), "replay_unlogged") is replay_unlogged
     assert doc["missing"]["metrics"]["val_maxboxacc_v2"] == [1, 2]
     assert doc["missing"]["artifacts"] == ["overlays/overlays_epoch001.png", "overlays/overlays_epoch002.png"]
     assert doc["missing"]["status"] == "FINISHED"

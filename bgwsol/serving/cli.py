@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--model", required=True,
                      help="models:/bgwsol-ilsvrc@champion, runs:/<run id>/model, or a checkpoint (checkpoint.pt or the "
                           "checkpoint_* folder holding it)")
-    loc.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    # one spelling across the bgwsol commands (serve's flags come from ServeConfig's fields); the
+    # hyphenated one is accepted too
+    loc.add_argument("--tracking_uri", "--tracking-uri", dest="tracking_uri", default="",
+                     help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     loc.add_argument("--tau", type=float, default=None, help="score-map threshold (default: the one registered with the model)")
     loc.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                      help="fp32 (default, channels_last); bf16: bf16 autocast, the forward pass about 1.8x faster on "
@@ -121,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "image's pixels, and with ?heatmap=true the overlay as a PNG (base64). "
                                      "GET /health describes the model. On RAY_ADDRESS's cluster, else a local Ray.")
     add_config_args(srv, ServeConfig, ServeConfig())
+    srv.add_argument("--tracking-uri", dest="tracking_uri", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     srv.set_defaults(func=serve_main)
     return parser
 

@@ -26,7 +26,7 @@ import base64
 import io
 from dataclasses import dataclass
 
-from bgwsol.config import option
+from bgwsol.config import Precision, option
 from bgwsol.service_start import start_with_retries
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
@@ -46,7 +46,7 @@ class ServeConfig:
     max_batch_size: int = option(8, "images batched into one forward pass (1: no batching)")
     batch_wait_s: float = option(0.01, "longest wait for a batch to fill, seconds")
     max_body_bytes: int = option(10 * 2**20, "largest request body accepted (413 above it)")
-    precision: str = option("fp32", "fp32 (channels_last), or bf16 autocast: the forward pass about 1.8x faster "
+    precision: Precision = option("fp32", "fp32 (channels_last), or bf16 autocast: the forward pass about 1.8x faster "
                                     "on a CPU with native bf16 (refused elsewhere), same classes, boxes moved by a "
                                     "few pixels")
 

@@ -2,9 +2,8 @@
 
 The logged model is our own module, not an exported graph: the pyfunc holds the run's
 checkpoint file (:mod:`bgwsol.training.engine`'s layout, without optimizer state, with the
-thresholds chosen on validation) as an artifact and rebuilds
-:class:`~bgwsol.serving.localizer.Localizer` from it. ``predict`` takes a DataFrame with an ``image``
-column (file paths or encoded bytes) and returns class, class name, score and box per image.
+thresholds chosen on validation) as its data, and its loader module
+(:mod:`bgwsol.serving.pyfunc`, named here, not imported) rebuilds the localizer from it.
 
 A tracking server that does not answer is retried for a bounded time; then the checkpoint
 that was to be registered is kept in a folder and :class:`RegistrationFailed` gives the
@@ -13,7 +12,6 @@ command that registers it later (:func:`register_checkpoint`).
 
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 import tempfile
@@ -31,29 +29,9 @@ REGISTER_TIMEOUT_S = 120.0  # how long registration waits for a tracking server 
 KEEP_DIR = "unregistered"   # where a model that could not be registered is kept (under the working directory)
 
 
-def _python_model_class():
-    import mlflow.pyfunc
-
-    class BgwsolLocalizer(mlflow.pyfunc.PythonModel):
-        """MLflow pyfunc around :class:`bgwsol.serving.localizer.Localizer`."""
-
-        def load_context(self, context) -> None:
-            from bgwsol.serving.localizer import Localizer
-
-            self.localizer = Localizer.from_checkpoint(context.artifacts["checkpoint"])
-
-        def predict(self, context, model_input, params=None):
-            import pandas as pd
-            from PIL import Image
-
-            rows = []
-            for item in model_input["image"]:
-                image = Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
-                r = self.localizer(image)
-                rows.append({"label": r.label, "class_name": r.class_name, "score": r.score, "box": list(r.box)})
-            return pd.DataFrame(rows)
-
-    return BgwsolLocalizer
+# the module that rebuilds the localizer from the logged checkpoint (named, not imported: serving
+# loads registered models and depends on tracking, not the other way)
+PYFUNC_LOADER = "bgwsol.serving.pyfunc"
 
 
 @dataclass
@@ -151,8 +129,7 @@ def _register(path: Path, tracking_uri: str, run_id: str, name: str, metric: flo
     mlflow.set_tracking_uri(tracking_uri)
     if "model_uri" not in done:
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(name="model", python_model=_python_model_class()(),
-                                           artifacts={"checkpoint": str(path)},
+            info = mlflow.pyfunc.log_model(name="model", loader_module=PYFUNC_LOADER, data_path=str(path),
                                            pip_requirements=["torch", "torchvision", "pillow", "pandas"])
         done["model_uri"] = info.model_uri
     if "version" not in done:

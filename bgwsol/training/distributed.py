@@ -168,7 +168,7 @@ class RaySession:
 
 def _run_logger(job: WorkerJob):
     """Rank 0's MLflow run (None without tracking): opened once the engine knows whether it resumes."""
-    from bgwsol.tracking.runs import RunLogger
+    from bgwsol.tracking.run_logger import RunLogger
 
     from bgwsol.data.storage import Location
 
@@ -274,8 +274,8 @@ def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, ca
     if tracking is not None:
         check_tracking(tracking)
     plan = plan_data(data, build_method(cfg.method).uses_background)
-    name = cluster.run_name or run_name_of(cfg, plan.digest)
-    if claim_run(loc.join(name), cfg, plan.digest):
+    name = cluster.run_name or run_name_of(cfg, plan.identity)
+    if claim_run(loc.join(name), cfg, plan.identity):
         log.info("run %s exists under %s: continuing from its latest checkpoint", name, loc.url)
     run_config = ray.train.RunConfig(
         name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem(),

@@ -102,7 +102,7 @@ class Session(Protocol):
 
 
 class EpochLogger(Protocol):
-    """What the engine logs through (rank 0 only): :class:`bgwsol.tracking.runs.RunLogger`."""
+    """What the engine logs through (rank 0 only): :class:`bgwsol.tracking.run_logger.RunLogger`."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 

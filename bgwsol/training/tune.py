@@ -216,7 +216,8 @@ def run_search(base: RunConfig, data: RunData, cluster: ClusterConfig, tracking:
     from ray.tune.search.optuna import OptunaSearch
 
     from bgwsol.data.storage import Location, check_access
-    from bgwsol.tracking.runs import RunLogger, check_tracking
+    from bgwsol.tracking.run_logger import RunLogger
+    from bgwsol.tracking.runs import check_tracking
 
     check_tracking(tracking)
     # trials run with the trial folder as working directory: pin relative storage paths here

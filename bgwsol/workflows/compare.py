@@ -196,20 +196,20 @@ def _run_result(cfg: RunConfig, state: dict, history: list[dict], final: FinalEv
 
 
 def tune_one(cfg: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfig, tracking: TrackingConfig,
-             search: SearchConfig, post_hoc: list[str], out_dir: str, name: str) -> RunResult:
+             search: SearchConfig, post_hoc: list[str], out_dir: str) -> RunResult:
     """One (method, seed) with a search: Ray Tune over the method's own settings
     (:data:`bgwsol.training.tune.SPACES`, ``search.num_samples`` trials, the configured settings
     first), the best trial by validation (as the main job picks it), its best checkpoint by
-    validation, then validation (thresholds) and test once, as :func:`run_one` scores."""
-    from bgwsol.training.tune import SPACES, params_of, run_search, trial_config
-    from bgwsol.workflows.fit_and_score import score_best_checkpoint
+    validation, then validation (thresholds) and test once, as :func:`run_one` scores: the main
+    job's search path (:func:`~bgwsol.workflows.fit_and_score.search_and_score`)."""
+    from bgwsol.training.tune import SPACES, trial_config
+    from bgwsol.workflows.fit_and_score import search_and_score
 
-    space = SPACES[cfg.method.name]
-    outcome = run_search(cfg, data, cluster, tracking, search, name=name, points_to_evaluate=[params_of(cfg, space)],
-                         params=space)
-    state, history, final = score_best_checkpoint(outcome.best_run(), plan, cluster, post_hoc)
-    return _run_result(trial_config(cfg, outcome.best_params), state, history, final, plan, out_dir,
-                       outcome.best_params)
+    tuned = search_and_score(cfg, data, plan, cluster, tracking, search,
+                             prefix=f"tune-{cfg.method.name}-seed{cfg.train.seed}", params=SPACES[cfg.method.name],
+                             post_hoc=post_hoc)
+    chosen = tuned.outcome.best_params
+    return _run_result(trial_config(cfg, chosen), tuned.state, tuned.history, tuned.final, plan, out_dir, chosen)
 
 
 def tune_space(method: str) -> list[str]:
@@ -261,7 +261,6 @@ def compare(job: CompareConfig) -> Comparison:
     from bgwsol.ray_init import init_ray
     from bgwsol.training.cluster_resources import ResourceWatch
     from bgwsol.data.plan import plan_data
-    from bgwsol.training.distributed import identity_tag
 
     plan = plan_runs(list(job.methods))
     post_hoc = {ph: source for source, phs in plan.items() for ph in phs}
@@ -281,12 +280,11 @@ def compare(job: CompareConfig) -> Comparison:
             for m, s in runs:
                 cfg = replace(job.run, **{"method.name": m, "train.seed": s})
                 search = replace(job.search, num_samples=job.tune, seed=s)
-                # named by what it depends on: a rerun continues the same search (Tune's restore)
-                tag = identity_tag(cfg, scoring.digest + json.dumps(to_dict(search), sort_keys=True))
                 log.info("search %d of %d: %s seed %d, %d trials over %s", len(done) + 1, len(runs), m, s,
                          job.tune, ", ".join(tune_space(m)))
+                # named by what it depends on: a rerun continues the same search (Tune's restore)
                 done[(m, s)] = tune_one(cfg, data, scoring, cluster, job.tracking, search, plan[m],
-                                        str(out / f"{m}-seed{s}"), f"tune-{m}-seed{s}-{tag}")
+                                        str(out / f"{m}-seed{s}"))
                 log.info("finished %s seed %d (%d of %d, %.0f s): %s", m, s, len(done), len(runs), time.time() - t0,
                          settings_text(done[(m, s)].settings))
             runs = []
@@ -350,7 +348,8 @@ def log_comparison(comparison: Comparison, base: RunConfig, seeds: list[int], tr
     with ``<metric>_mean`` / ``<metric>_std`` and the per-seed values (step = the seed);
     a method's extra map variants are prefixed with their name. Returns the parent's id
     (None without a tracking URI)."""
-    from bgwsol.tracking.runs import RunLogger, git_state, redact_url, runs_view_path
+    from bgwsol.tracking.run_logger import RunLogger
+    from bgwsol.tracking.runs import git_state, redact_url, runs_view_path
 
     parent = RunLogger(tracking, "compare-methods")
     if not parent.enabled:

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bgwsol.config import RunConfig, option, replace, to_dict
+from bgwsol.config import RunConfig, option, replace
 from bgwsol.data.shards.etl import ShardConfig
 from bgwsol.data.shards.jobs import DataSources
 from bgwsol.training.distributed import ClusterConfig
@@ -60,14 +60,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from bgwsol.progress import stage
     from bgwsol.tracking import local_server as mlflow_server
     from bgwsol.ray_init import RayConfig, init_ray
-    from bgwsol.evaluation.on_ray import score_on_workers
-    from bgwsol.training.distributed import best_checkpoint, identity_tag, run_history, run_name_of
-    from bgwsol.workflows.fit_and_score import fit_and_score
+    from bgwsol.training.distributed import run_name_of
+    from bgwsol.workflows.fit_and_score import fit_and_score, register_best, search_and_score
     from bgwsol.data.plan import RunData, plan_data
-    from bgwsol.tracking.model_registry import log_and_register
     from bgwsol.tracking.runs import attach_file, check_tracking, resolve_uri, runs_view_path
     from bgwsol.training.cluster_resources import ResourceWatch
-    from bgwsol.training.tune import params_of, run_search
     from bgwsol.workflows.table import markdown, single
 
     out = Path(cfg.output_dir)
@@ -101,23 +98,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                     cam_state, cam_history, cam_final = fit_and_score(cam_cfg, data, scoring, cfg.cluster, tracking)
                 test[cfg.baseline] = rows[cfg.baseline] = cam_final.test["main"]
                 scored.append((cfg.baseline, {**cam_state, "history": cam_history}, cam_final, "main"))
-            # the first trial is the configured default, the rest are Optuna's proposals
-            # named by what it depends on, like the baseline: a rerun continues the same search (Tune's
-            # restore), a changed configuration or search space starts a new one
-            search_tag = identity_tag(base, scoring.digest + json.dumps(to_dict(cfg.search), sort_keys=True))
-            with stage(f"search: Ray Tune over bgwsol's loss weights ({cfg.search.num_samples} trials)"):
-                outcome = run_search(base, data, cfg.cluster, tracking, cfg.search,
-                                     name=f"tune-bgwsol-{cfg.dataset}-{search_tag}", points_to_evaluate=[params_of(base)])
-            with stage("test: the best trial's best checkpoint on the test split"):
-                best_run = outcome.best_run()
-                state, metrics = best_checkpoint(best_run)
-                final = score_on_workers(state, scoring, cfg.cluster)
+            # the first trial is the configured default, the rest are Optuna's proposals; named by what
+            # it depends on, like the baseline: a rerun continues the same search (Tune's restore), a
+            # changed configuration, data or search space starts a new one
+            with stage(f"search: Ray Tune over bgwsol's loss weights ({cfg.search.num_samples} trials), then the "
+                       "best trial's best checkpoint on the test split"):
+                tuned = search_and_score(base, data, scoring, cfg.cluster, tracking, cfg.search,
+                                         prefix=f"tune-bgwsol-{cfg.dataset}")
+            state, final = tuned.state, tuned.final
             with stage("registry"):
-                registration = log_and_register(state, tracking_uri=tracking.tracking_uri, run_id=state["mlflow_run_id"],
-                                                name=cfg.model_name or f"bgwsol-{cfg.dataset}", metric=metrics["score"],
-                                                taus=final.taus["main"], mask_tau=final.mask_taus.get("main"))
+                registration = register_best(tuned, tracking.tracking_uri, cfg.model_name or f"bgwsol-{cfg.dataset}")
             test["bgwsol"] = rows["bgwsol (tuned)"] = final.test["main"]
-            shown = {**state, "history": run_history(best_run)}  # the loss curves of the whole run
+            shown = {**state, "history": tuned.history}  # the loss curves of the whole run
             scored.append(("bgwsol (tuned)", shown, final, "main"))
             for variant in ("cam_only", "mask_only"):
                 if variant in final.test:  # each map at the thresholds it chose on validation
@@ -129,15 +121,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             (out / "comparison.md").write_text(table + "\n")
             with stage("report"):
                 models = write_job_report(out / "report.html", scored, scoring.test, f"bgwsol main job: {cfg.dataset}",
-                                          [f"best bgwsol weights: {outcome.best_params}",
+                                          [f"best bgwsol weights: {tuned.outcome.best_params}",
                                            f"registered {registration.name} version {registration.version}"])
                 attach_file(tracking.tracking_uri, state["mlflow_run_id"], out / "report.html")
             (out / "results.json").write_text(json.dumps({"test": test, "table": [line.to_json() for line in lines],
-                                                          "best_params": outcome.best_params,
+                                                          "best_params": tuned.outcome.best_params,
                                                           "registration": registration.__dict__,
                                                           "models": [m.to_json() for m in models]}, indent=2, default=str))
             return {"table": table, "test": test, "registration": registration, "tracking_uri": tracking.tracking_uri,
-                    "ui_command": ui, "best_params": outcome.best_params, "output_dir": str(out),
+                    "ui_command": ui, "best_params": tuned.outcome.best_params, "output_dir": str(out),
                     "runs_view": runs_view_path(tracking.tracking_uri, tracking.experiment)}
     finally:
         if server is not None:
