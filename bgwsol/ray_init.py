@@ -19,9 +19,9 @@ class RayConfig:
     address: str = option("", "Ray cluster address ('auto' on a cluster node, ray://host:10001); empty: "
                               "RAY_ADDRESS if set, else a local Ray")
     num_cpus: int = option(0, "CPUs of a local Ray (0: all of this machine)")
-    worker_niceness: int = option(-1, "niceness of the worker processes of a local Ray (Ray's default: 15, so "
-                                      "any other work on the machine comes first); -1: Ray's default; ignored when "
-                                      "joining a cluster")
+    worker_niceness: int = option(0, "niceness of the worker processes of a local Ray: 0, like the job itself "
+                                     "(Ray's own default, 15, lets any other work on the machine starve them: "
+                                     "docs/local_ray.md); -1: Ray's default; ignored when joining a cluster")
     worker_start_timeout_s: float = option(600.0, "how long Ray Train waits for a worker group's processes to start "
                                                   "(Ray's default of 60 s is short for a loaded machine importing torch)")
 

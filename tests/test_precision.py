@@ -33,8 +33,12 @@ def test_a_bad_precision_is_refused_before_any_work(monkeypatch):
     from bgwsol.serving.http import ServeConfig, serve_problems
     from bgwsol.workflows.preflight import run_config_problems
 
-    assert run_config_problems(replace(RunConfig(), **{"eval.precision": "half"})) == [
-        "--eval.precision 'half': must be one of fp32, bf16"]
+    # a typed choice: refused where the setting is read (a flag: argparse's choices; YAML: this line)
+    with pytest.raises(ValueError, match=r"eval\.precision: 'half' is not one of \['fp32', 'bf16'\]"):
+        replace(RunConfig(), **{"eval.precision": "half"})
+    bad = RunConfig()
+    bad.eval.precision = "half"  # set behind the config's back: preflight still names it
+    assert run_config_problems(bad) == ["--eval.precision 'half': must be one of fp32, bf16"]
     assert serve_problems(ServeConfig(model="m.pt", precision="int8")) == [
         "--precision 'int8': must be one of fp32, bf16"]
     monkeypatch.setattr(precision, "bf16_native", lambda device: False)
