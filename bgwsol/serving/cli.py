@@ -89,6 +89,28 @@ def serve_main(args: argparse.Namespace) -> int:
         serve.shutdown()
 
 
+def check_background_main(args: argparse.Namespace) -> int:
+    from bgwsol.serving.background_check import check_background, write_scores
+
+    try:
+        localizer = load_localizer(args.model, None, args.tracking_uri, args.precision)
+    except Exception as exc:  # noqa: BLE001 - any load failure is reported with the model named
+        print(f"error: cannot load model {args.model!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 2
+    scores, skipped = check_background(localizer, args.background)
+    for path, why in skipped:
+        print(f"{path}: skipped: {why}", file=sys.stderr)
+    out = write_scores(scores, args.out)
+    print("evidence\tfg_mass\tlooks like\tphoto")
+    for s in scores[:max(0, args.top)]:
+        mass = "-" if s.fg_mass is None else f"{s.fg_mass:.2f}"
+        print(f"{s.evidence:.2f}\t{mass}\t{s.class_name} ({s.class_prob:.2f})\t{s.path}")
+    print(f"{len(scores)} photos scored, {len(skipped)} skipped; the ranked list: {out}\n"
+          f"review it, keep only the rows to leave out, then rerun with --background_exclude {out}")
+    return 1 if skipped and not scores else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgwsol", description="Weakly supervised object localization with background images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
                           "model scored without masks (said once on stderr)")
     loc.add_argument("images", nargs="+", help="image files")
     loc.set_defaults(func=localize_main)
+    chk = sub.add_parser("check-background", help="background photos that look like a class, most suspicious first",
+                         description="Scores every photo of a background set with a trained model: how far its top "
+                                     "class probability stands above chance (evidence, 0-1) and, for bgwsol, how much "
+                                     "of it the foreground head calls object (fg_mass). Writes the ranked list as "
+                                     "CSV and prints the top ones. Review the list, delete the rows you keep, and "
+                                     "pass the file to the next run as --background_exclude FILE (shard_background: "
+                                     "--exclude FILE): every photo it names is left out.")
+    chk.add_argument("--model", required=True, help="models:/bgwsol-ilsvrc@champion, runs:/<run id>/model, or a checkpoint")
+    chk.add_argument("--tracking_uri", "--tracking-uri", dest="tracking_uri", default="",
+                     help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    chk.add_argument("--background", required=True, help="the background folder (local or s3://bucket/prefix)")
+    chk.add_argument("--out", default="background_check.csv", help="the ranked list (CSV; default: ./background_check.csv)")
+    chk.add_argument("--top", type=int, default=20, help="how many of the most class-like photos to print (default: 20)")
+    chk.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="as for localize")
+    chk.set_defaults(func=check_background_main)
     from bgwsol.config import add_config_args
     from bgwsol.serving.http import ServeConfig
 

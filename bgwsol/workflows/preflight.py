@@ -87,8 +87,9 @@ def sources_problems(sources, etl) -> list[str]:
     from bgwsol.data.shards.etl import shard_config_problems
     from bgwsol.data.shards.jobs import dataset_source_problems
 
-    missing = path_problem("--background", sources.background)
-    return (dataset_source_problems(sources.dataset, sources.source, sources.eval_source) + ([missing] if missing else [])
+    missing = [p for p in (path_problem("--background", sources.background),
+                           path_problem("--background_exclude", sources.background_exclude)) if p]
+    return (dataset_source_problems(sources.dataset, sources.source, sources.eval_source) + missing
             + shard_config_problems(etl))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from bgwsol.config import option
+from bgwsol.errors import UserError, path_problem
 from bgwsol.ray_init import RayConfig, init_ray
 from bgwsol.data.sources.crawl import CrawlConfig
 from bgwsol.data.shards.etl import MEMBER_ORDER, ShardConfig, SplitListing, dataset_listings, listing_rows, write_shard_set
@@ -21,12 +22,14 @@ EVAL_SOURCE_HELP = ("folder layout only: a second class-folder tree whose boxed 
                     "boxed images under --source are then validation); empty: both from --source by "
                     "--etl.val_fraction")
 
+BACKGROUND_EXCLUDE_HELP = ("a file naming background photos to leave out: one path or image id a line, or the CSV "
+                            "`bgwsol check-background` writes (review it first: every photo it lists is left out); "
+                            "empty: none")
+
 
 def dataset_source_problems(dataset: str, source: str, eval_source: str = "") -> list[str]:
     """A local ``--source`` / ``--eval_source`` that does not exist; the folder layout has no embedded
     synthetic default (it needs ``--source``) and is the only one with an evaluation tree."""
-    from bgwsol.errors import path_problem
-
     out = [p for p in (path_problem("--source", source), path_problem("--eval_source", eval_source)) if p]
     if dataset == "folder" and not source:
         out.append("--source: the folder layout has no embedded default; give the folder that holds one folder per "
@@ -56,6 +59,7 @@ class DataSources:
     eval_source: str = option("", EVAL_SOURCE_HELP)
     background: str = option("", "background image folder (local or s3://bucket/prefix); empty: the synthetic "
                                  "background set")
+    background_exclude: str = option("", BACKGROUND_EXCLUDE_HELP)
     shards_dir: str = option("data/shards", "where shards go (local folder or s3://bucket/prefix): <dataset>/ and "
                                             "background/ below it, reused when committed there with the same settings")
 
@@ -89,6 +93,7 @@ class BackgroundShardJob:
                                   "goes there)")
     verbose: bool = option(False, "show Ray Data's own output on the console too")
     cache_dir: str = option("data/crawl_cache", "where crawled images and the crawl index are kept")
+    exclude: str = option("", BACKGROUND_EXCLUDE_HELP)
     etl: ShardConfig = field(default_factory=ShardConfig)
     crawl: CrawlConfig = field(default_factory=CrawlConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -132,8 +137,9 @@ def shard_sources(sources: DataSources, etl: ShardConfig) -> tuple[str, str]:
                                                    etl.boxed_train_share, etl.eval_min_per_class),
                           root.join(dataset).url, dataset, etl, source_label(source, sources.eval_source))
     bg = shard_or_reuse(
-        lambda: ([SplitListing("background", listing_rows(read_background_folder(background), []))], [], None),
-        root.join("background").url, "background", etl, Location.parse(background).url)
+        lambda: ([SplitListing("background", listing_rows(without_excluded(read_background_folder(background),
+                                                                         sources.background_exclude), []))], [], None),
+        root.join("background").url, "background", etl, background_label(background, sources.background_exclude))
     return data.location.url, bg.location.url
 
 
@@ -168,10 +174,39 @@ def run_background_job(job: BackgroundShardJob, show_progress: bool = True) -> S
         samples = report.samples
         if not samples:
             raise RuntimeError(f"{source}: no URL gave a usable image ({len(report.rejects)} rejected)")
+    samples = without_excluded(samples, job.exclude)
     init_ray(job.ray)
     listing = SplitListing("background", listing_rows(samples, classes=[]))
     return write_shard_set([listing], job.output, dataset="background", classes=[], cfg=job.etl,
-                           source=Location.parse(source).url)
+                           source=background_label(source, job.exclude))
+
+
+def without_excluded(samples: list, exclude_file: str) -> list:
+    """``samples`` less the photos ``exclude_file`` names (none without one); says how many were
+    left out, and how many names matched no photo (a list made for another folder)."""
+    if not exclude_file:
+        return samples
+    from bgwsol.data.sources.background import exclude_photos, read_exclude_list
+
+    kept, dropped, unmatched = exclude_photos(samples, read_exclude_list(exclude_file))
+    log.info("%s: %d of %d background photos left out", exclude_file, len(dropped), len(samples))
+    if unmatched:
+        log.warning("%s: %d names match no background photo (e.g. %s): a list made for another folder?",
+                    exclude_file, len(unmatched), sorted(unmatched)[0])
+    if not kept:
+        raise UserError(f"{exclude_file}: leaves out every background photo")
+    return kept
+
+
+def background_label(source: str, exclude_file: str) -> str:
+    """The background shard set's ``source``: the folder's URL, and the exclusion file's SHA-256
+    where one is given, so that another list shards the set again instead of reusing it."""
+    url = Location.parse(source).url
+    if not exclude_file:
+        return url
+    import hashlib
+
+    return f"{url} less {Path(exclude_file).name} (sha256 {hashlib.sha256(Path(exclude_file).read_bytes()).hexdigest()[:12]})"
 
 
 def summary(shards: ShardSet) -> str:
@@ -214,6 +249,9 @@ def shard_job_problems(job: DatasetShardJob | BackgroundShardJob) -> list[str]:
     problems += shard_config_problems(job.etl)
     if not job.output:
         problems.append("--output: give a folder or s3://bucket/prefix for the shards")
+    excluded = path_problem("--exclude", getattr(job, "exclude", ""))
+    if excluded:
+        problems.append(excluded)
     crawl = getattr(job, "crawl", None)
     if crawl is not None and crawl.retries < 1:
         problems.append(f"--crawl.retries {crawl.retries}: attempts per URL, must be >= 1 (1: no retry)")

@@ -20,3 +20,35 @@ def read_background_folder(root: str | Path | SourceTree) -> list[Sample]:
     if not samples:
         raise DatasetFormatError(f"{tree.url}: no images ({', '.join(SUFFIXES)}) in the background folder")
     return samples
+
+
+def read_exclude_list(path: str | Path) -> set[str]:
+    """The photos an exclusion file names: one path or image id a line (``#`` starts a comment),
+    or a CSV with an ``image_id`` or ``path`` column (``bgwsol check-background`` writes one)."""
+    import csv
+
+    text = Path(path).read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        return set()
+    header = [h.strip() for h in lines[0].split(",")]
+    if "image_id" in header or "path" in header:
+        names = set()
+        for row in csv.DictReader(lines):
+            names.update(v.strip() for k, v in row.items() if k in ("image_id", "path") and v and v.strip())
+        return names
+    return set(lines)
+
+
+def exclude_photos(samples: list[Sample], names: set[str]) -> tuple[list[Sample], list[Sample], set[str]]:
+    """``(kept, left out, names that match no photo)``: a photo is left out when ``names`` holds
+    its image id (path relative to the folder) or its full path or URL."""
+    kept, dropped, seen = [], [], set()
+    for sample in samples:
+        hit = {sample.image_id, str(sample.path)} & names
+        if hit:
+            dropped.append(sample)
+            seen |= hit
+        else:
+            kept.append(sample)
+    return kept, dropped, names - seen - {str(s.path) for s in dropped} - {s.image_id for s in dropped}
