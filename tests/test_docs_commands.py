@@ -1,5 +1,5 @@
 """The documents are tested: every command that README.md, BENCHMARKS.md and docs/*.md show
-(``flows/*.py``, ``benchmarks/*.py``, ``bgwsol localize|serve``, ``bgwsol-eval``; in fenced
+(``flows/*.py``, ``benchmarks/*.py``, ``bgwsol localize|serve|check-background``, ``bgwsol-eval``; in fenced
 blocks and in inline code) names only flags that the command accepts. Nothing is run but each
 command's ``--help``."""
 
@@ -19,6 +19,7 @@ DOCUMENTS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs")
 SCRIPT = re.compile(r"(?:^|/)((?:flows|benchmarks)/\w+\.py)$")
 SEPARATORS = {"|", "||", "&&", ";", ">", ">>", "2>&1", "&"}
 FLAG = re.compile(r"^(--[A-Za-z][\w.\-]*)")
+SUBCOMMANDS = ("localize", "serve", "check-background")  # of the `bgwsol` command
 # flags of `ray job submit` that the README names alone, beside its job commands
 RAY_JOB_FLAGS = {"--working-dir", "--runtime-env-json"}
 
@@ -75,7 +76,7 @@ def commands_in(code: str) -> list[tuple[str, list[str]]]:
             elif word.endswith("bgwsol-eval"):
                 command = "bgwsol-eval"
             elif (word == "bgwsol" or word.endswith("/bgwsol")) and i + 1 < len(words) and \
-                    words[i + 1] in ("localize", "serve"):
+                    words[i + 1] in SUBCOMMANDS:
                 command = f"bgwsol {words[i + 1]}"
             if command:
                 current = (command, [])
@@ -104,7 +105,7 @@ def shown_commands() -> list[tuple[str, str, list[str]]]:
 def every_command() -> list[str]:
     """Each command of ours: the flows, the benchmark scripts, ``bgwsol localize|serve``, ``bgwsol-eval``."""
     scripts = [str(p.relative_to(ROOT)) for folder in ("flows", "benchmarks") for p in sorted((ROOT / folder).glob("*.py"))]
-    return [*scripts, "bgwsol localize", "bgwsol serve", "bgwsol-eval"]
+    return [*scripts, *(f"bgwsol {sub}" for sub in SUBCOMMANDS), "bgwsol-eval"]
 
 
 @lru_cache(maxsize=None)
@@ -142,7 +143,8 @@ def test_the_extraction_finds_commands_and_their_flags():
 
 def test_the_documents_show_commands():
     commands = {command for _, command, _ in shown_commands()}
-    assert {"flows/train_ilsvrc.py", "flows/compare_methods.py", "bgwsol localize", "bgwsol serve"} <= commands
+    assert {"flows/train_ilsvrc.py", "flows/compare_methods.py", "bgwsol localize", "bgwsol serve",
+            "bgwsol check-background"} <= commands
     assert any(c.startswith("benchmarks/") for c in commands)
 
 
