@@ -56,6 +56,18 @@ def test_a_run_name_continues_only_the_same_training(tmp_path):
         claim_run(run_dir, cfg, "b" * 64)
 
 
+def test_a_run_name_continues_only_the_same_background_set(tmp_path):
+    """A method that trains on background photos: other background photos are other training data."""
+    run_dir = Location.parse(tmp_path / "runs" / "bg")
+    cfg = replace(RunConfig(), **{"method.name": "bgwsol"})
+    assert claim_run(run_dir, cfg, "a" * 64, "b" * 64) is False
+    assert claim_run(run_dir, cfg, "a" * 64, "b" * 64) is True
+    with pytest.raises(IncompatibleRun, match="background shard set bbbbbbbbbbbb, this run reads cccccccccccc"):
+        claim_run(run_dir, cfg, "a" * 64, "c" * 64)
+    assert identity_tag(cfg, "a" * 64, "b" * 64) != identity_tag(cfg, "a" * 64, "c" * 64)
+    assert identity_tag(cfg, "a" * 64) == identity_tag(cfg, "a" * 64, "")  # no background: as before
+
+
 def test_identity_tag_follows_the_training_not_its_length():
     cfg = RunConfig()
     assert identity_tag(cfg, "a" * 64) == identity_tag(replace(cfg, **{"train.epochs": 99}), "a" * 64)

@@ -35,40 +35,43 @@ class IncompatibleRun(UserError, RuntimeError):
     """A run name whose checkpoints were trained with another model, method, data or schedule."""
 
 
-def run_identity(cfg: RunConfig, digest: str) -> dict:
-    """What a run's checkpoints depend on: the config without :data:`RESUMABLE` keys, and the data."""
+def run_identity(cfg: RunConfig, digest: str, background: str = "") -> dict:
+    """What a run's checkpoints depend on: the config without :data:`RESUMABLE` keys, and the data
+    (``digest``: the dataset manifest's SHA-256; ``background``: the background set's, for a
+    method that trains on one)."""
     from bgwsol.config import flatten
 
     flat = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith(RESUMABLE)}
-    return {"config": flat, "manifest": digest}
+    return {"config": flat, "manifest": digest, **({"background": background} if background else {})}
 
 
-def identity_tag(cfg: RunConfig, digest: str) -> str:
+def identity_tag(cfg: RunConfig, digest: str, background: str = "") -> str:
     """8 hex digits of :func:`run_identity`: a run name with it continues only the same training."""
     import hashlib
     import json
 
-    blob = json.dumps(run_identity(cfg, digest), sort_keys=True, default=str).encode()
+    blob = json.dumps(run_identity(cfg, digest, background), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:8]
 
 
-def run_name_of(cfg: RunConfig, digest: str) -> str:
-    """The one name of a training run: ``<method>-seed<seed>-<identity tag>`` (``digest``: the
-    manifests it reads). A rerun of the same training continues it; a changed configuration or
-    data gets a new name instead of being refused. Tune's trials are ``<search>-<trial id>``."""
-    return f"{cfg.method.name}-seed{cfg.train.seed}-{identity_tag(cfg, digest)}"
+def run_name_of(cfg: RunConfig, digest: str, background: str = "") -> str:
+    """The one name of a training run: ``<method>-seed<seed>-<identity tag>`` (``digest`` and
+    ``background``: the manifests it reads). A rerun of the same training continues it; a changed
+    configuration or data gets a new name instead of being refused. Tune's trials are
+    ``<search>-<trial id>``."""
+    return f"{cfg.method.name}-seed{cfg.train.seed}-{identity_tag(cfg, digest, background)}"
 
 
-def claim_run(run_dir, cfg: RunConfig, digest: str) -> bool:
+def claim_run(run_dir, cfg: RunConfig, digest: str, background: str = "") -> bool:
     """Record the run's identity at its first start; on a rerun, refuse a different one.
 
     ``run_dir`` is a :class:`~bgwsol.data.storage.Location` (local or ``s3://``). Returns True
     when the run existed (a rerun continues it). Raises :class:`IncompatibleRun` naming the
-    settings that differ, before any worker starts.
+    shard set or the settings that differ, before any worker starts.
     """
     import json
 
-    mine = run_identity(cfg, digest)
+    mine = run_identity(cfg, digest, background)
     marker = run_dir.join(RUN_FILE)
     if not marker.exists():
         marker.write_bytes(json.dumps(mine, indent=1, sort_keys=True, default=str).encode())
@@ -77,6 +80,9 @@ def claim_run(run_dir, cfg: RunConfig, digest: str) -> bool:
     if theirs["manifest"] != mine["manifest"]:
         raise IncompatibleRun(f"{run_dir.url} was trained on shard set {theirs['manifest'][:12]}, this run reads "
                               f"{digest[:12]}: give this run a new name (--cluster.run_name)")
+    if theirs.get("background", "") != background and theirs.get("background") and background:
+        raise IncompatibleRun(f"{run_dir.url} was trained with background shard set {theirs['background'][:12]}, this "
+                              f"run reads {background[:12]}: give this run a new name (--cluster.run_name)")
     old, new = theirs["config"], json.loads(json.dumps(mine["config"], default=str))
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diff:
@@ -274,8 +280,8 @@ def fit(cfg: RunConfig, data: RunData, cluster: ClusterConfig, tracking=None, ca
     if tracking is not None:
         check_tracking(tracking)
     plan = plan_data(data, build_method(cfg.method).uses_background)
-    name = cluster.run_name or run_name_of(cfg, plan.identity)
-    if claim_run(loc.join(name), cfg, plan.identity):
+    name = cluster.run_name or run_name_of(cfg, plan.digest, plan.background_digest)
+    if claim_run(loc.join(name), cfg, plan.digest, plan.background_digest):
         log.info("run %s exists under %s: continuing from its latest checkpoint", name, loc.url)
     run_config = ray.train.RunConfig(
         name=name, storage_path=loc.fs_path, storage_filesystem=loc.filesystem(),
