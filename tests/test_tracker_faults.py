@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bgwsol.config import RunConfig, replace
-from bgwsol.tracking import runs
+from bgwsol.tracking import run_logger, runs
 from bgwsol.tracking.local_server import free_port, launch
 from bgwsol.tracking.run_logger import RunLogger, replay_unlogged
 from bgwsol.tracking.runs import TrackingConfig
@@ -144,7 +144,7 @@ def test_training_goes_on_while_the_tracker_is_away_and_the_run_gets_every_epoch
     assert logger.end() is None
     assert_every_epoch_logged(MlflowClient(url), run_id, plan)
     run = MlflowClient(url).get_run(run_id)
-    assert int(run.data.tags[runs.LATE_TAG]) >= 3  # the run says it got records late
+    assert int(run.data.tags[run_logger.LATE_TAG]) >= 3  # the run says it got records late
     assert not list(run_dir.glob("unlogged_*"))
     assert len(outage_warnings(caplog)) == 1  # one line for the outage, nothing per call
     assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
@@ -208,7 +208,7 @@ def test_a_tracker_that_never_comes_back_leaves_what_was_not_logged_beside_the_c
     assert replay_unlogged(path) == len(doc["records"])
     client = MlflowClient(url)
     assert_every_epoch_logged(client, run_id, plan)
-    assert client.get_run(run_id).data.tags[runs.UNLOGGED_TAG] == "0"
+    assert client.get_run(run_id).data.tags[run_logger.UNLOGGED_TAG] == "0"
     assert not path.exists() and path.with_name(f"{path.stem}.replayed.json").exists()
 
 
@@ -241,3 +241,32 @@ def test_registration_with_the_tracker_away_fails_in_bounded_time_and_keeps_the_
     exec(code.replace(away, url), {})  # noqa: S102 - the message's own command, pointed at the live server
     version = client.get_model_version_by_alias("bgwsol-faults", "champion")
     assert version.run_id == run_id and version.tags["tau"] == "0.4"
+
+
+def test_two_trials_recording_the_same_shard_set_at_once_both_get_it():
+    """MLflow's SQL store creates a dataset row for the first of two runs that log the same shard
+    set at once and refuses the second's insert (UNIQUE constraint; seen in CI with two Tune
+    trials): the second try links the row that now exists. Other refusals are not retried."""
+    from mlflow.exceptions import MlflowException
+
+    from bgwsol.tracking.run_logger import _deliver
+
+    class Store:  # stands in for the client: the first call loses the race, as the second trial did in CI
+        def __init__(self, error: str):
+            self.calls, self.error = 0, error
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            if self.calls == 1:
+                raise MlflowException(self.error)
+
+    data = {"datasets": [{"name": "ilsvrc-shards", "digest": "a" * 36, "source_type": "local", "url": "/s",
+                          "context": "training"}]}
+    raced = Store("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, "
+                  "datasets.digest")
+    _deliver(raced, "run", "inputs", data)
+    assert raced.calls == 2
+    refused = Store("RESOURCE_DOES_NOT_EXIST: run 'run' not found")
+    with pytest.raises(MlflowException, match="not found"):
+        _deliver(refused, "run", "inputs", data)
+    assert refused.calls == 1

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgwsol.tracking.runs import (PROBE_EVERY_S, SLOW_CALL_S, Attempt, TrackingConfig, TrackingUnavailable,
-                                  redact_url, refused, resolve_uri, server_answers)
+from bgwsol.tracking import runs  # its probe intervals, read at each use (one place to set them)
+from bgwsol.tracking.runs import (Attempt, TrackingConfig, TrackingUnavailable, redact_url, refused, resolve_uri,
+                                  server_answers)
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,20 @@ def _deliver(client, run_id: str, kind: str, data: dict) -> None:
         client.log_artifact(run_id, data["file"], data["artifact_path"])
     elif kind == "inputs":
         from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
-        client.log_inputs(run_id, datasets=[
-            DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], json.dumps({"uri": d["url"]})),
-                         tags=[InputTag("mlflow.data.context", d["context"])]) for d in data["datasets"]])
+        inputs = [DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], json.dumps({"uri": d["url"]})),
+                               tags=[InputTag("mlflow.data.context", d["context"])]) for d in data["datasets"]]
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+        except MlflowException as exc:
+            # two runs of one experiment (Tune's trials, started together) recording the same shard set:
+            # the SQL store creates the dataset row for one and refuses the other's insert. The row
+            # exists now, so the second try only links it to this run.
+            if "UNIQUE constraint failed: datasets" not in str(exc):
+                raise
+            time.sleep(0.5)
+            client.log_inputs(run_id, datasets=inputs)
     elif kind == "status" and data["status"] == "RUNNING":
         client.update_run(run_id, status="RUNNING")
     elif kind == "status":
@@ -152,7 +163,7 @@ class RunLogger:
     A server that goes away does not hold training up. A call waits about :data:`~bgwsol.tracking.runs.PROBE_AFTER_S`
     once the server stops answering /health; what it could not log is held, with one warning,
     in memory and in ``unlogged_<run id>.json`` under ``spool_dir`` (artifacts copied beside
-    it), and later calls only add to it (asking /health at most every :data:`PROBE_EVERY_S`).
+    it), and later calls only add to it (asking /health at most every :data:`~bgwsol.tracking.runs.PROBE_EVERY_S`).
     The held records go out, oldest first, as soon as the server answers, and the run gets the
     tag ``bgwsol.logged_late``. :meth:`end` waits up to ``cfg.flush_timeout_s`` for them; what
     is still held then stays in the file, and one warning says what and gives the command that
@@ -297,14 +308,14 @@ class RunLogger:
             now = time.monotonic()
             if now < self._next_probe:
                 return
-            self._next_probe = now + PROBE_EVERY_S
+            self._next_probe = now + runs.PROBE_EVERY_S
             if not server_answers(self.uri):
                 self._save()
                 return
         late = 0
         while self._held:
             record = self._held[0]
-            if not self._send(record, until or time.monotonic() + SLOW_CALL_S):
+            if not self._send(record, until or time.monotonic() + runs.SLOW_CALL_S):
                 self._went_away()
                 return
             self._held.pop(0)
@@ -353,7 +364,7 @@ class RunLogger:
             self._away_since = time.monotonic()
             log.warning("MLflow server %s unreachable; training continues, %d records held to log later (kept in %s "
                         "meanwhile)", redact_url(self.uri), len(self._held), self.unlogged_file)
-        self._next_probe = time.monotonic() + PROBE_EVERY_S
+        self._next_probe = time.monotonic() + runs.PROBE_EVERY_S
         self._save()
 
     def _drain(self, deadline: float) -> None:
