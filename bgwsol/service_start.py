@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from typing import Callable, TypeVar
 
 from bgwsol.errors import UserError, one_line
@@ -125,7 +124,6 @@ class NewChildren:
 
     def __init__(self) -> None:
         self.before = child_pids()
-        self.started = time.monotonic()
 
     def kill(self) -> None:
         kill_processes(child_pids() - self.before)

@@ -71,5 +71,5 @@ def test_the_main_job_and_the_comparison_name_searches_the_same_way(shard_sets, 
         fit_and_score.search_and_score(cam, data, plan, None, None, SearchConfig(), prefix="tune-cam-seed1",
                                        params=SPACES["cam"])
     # CAM trains without background photos: its search depends on the dataset's shards alone
-    assert search_names[0] == search_names[1] == fit_and_score.search_name("tune-cam-seed1", cam, plan.digest,
-                                                                           SearchConfig())
+    assert search_names[0] == search_names[1] == fit_and_score.search_name("tune-cam-seed1", cam, SearchConfig(),
+                                                                           plan.digest)

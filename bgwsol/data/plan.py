@@ -47,16 +47,6 @@ class DataPlan:
     background_source: str = ""     # the background shard set's URL ("" without one)
     background_digest: str = ""     # its manifest's SHA-256
 
-    @property
-    def identity(self) -> str:
-        """What a training on this plan depends on: the dataset manifest's SHA-256, and the
-        background set's with one (another background set is other training data)."""
-        if not self.background_digest:
-            return self.digest
-        import hashlib
-
-        return hashlib.sha256(f"{self.digest}:{self.background_digest}".encode()).hexdigest()
-
     def inputs(self) -> list[dict]:
         """The shard sets this plan reads, as :meth:`bgwsol.tracking.run_logger.RunLogger.log_inputs` takes them."""
         out = [{"name": f"{self.dataset}-shards", "url": self.source, "digest": self.digest, "context": "training"}]

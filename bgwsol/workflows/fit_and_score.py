@@ -46,14 +46,14 @@ class SearchScored:
     final: FinalEvaluation        # thresholds chosen on validation, the test split read once
 
 
-def search_name(prefix: str, base: RunConfig, data_identity: str, search: SearchConfig) -> str:
-    """``<prefix>-<8 hex digits>`` of what a search depends on: the configuration it starts from,
-    the data its trials train on (``data_identity``: :attr:`~bgwsol.data.plan.DataPlan.identity`,
-    the dataset's manifest and the background set's where the method uses one) and the search's
-    own settings. A rerun with the same ones continues the search (Tune's restore, finished
-    trials kept); other data or settings start a new one, never a restored search that saw
-    other data."""
-    return f"{prefix}-{identity_tag(base, data_identity + json.dumps(to_dict(search), sort_keys=True))}"
+def search_name(prefix: str, base: RunConfig, search: SearchConfig, digest: str, background: str = "") -> str:
+    """``<prefix>-<8 hex digits>`` of what a search depends on, as a run's name is made
+    (:func:`~bgwsol.training.distributed.identity_tag`): the configuration it starts from, the data
+    its trials train on (``digest``: the dataset manifest's SHA-256; ``background``: the background
+    set's, where the method uses one) and the search's own settings. A rerun with the same ones
+    continues the search (Tune's restore, finished trials kept); other data or settings start a
+    new one, never a restored search that saw other data."""
+    return f"{prefix}-{identity_tag(base, digest + json.dumps(to_dict(search), sort_keys=True), background)}"
 
 
 def search_and_score(base: RunConfig, data: RunData, plan: DataPlan, cluster: ClusterConfig, tracking, search: SearchConfig,
@@ -64,7 +64,8 @@ def search_and_score(base: RunConfig, data: RunData, plan: DataPlan, cluster: Cl
     best trial by validation, its best checkpoint by validation, scored on the workers on
     ``plan`` as the main job scores (``post_hoc`` maps on the same model)."""
     trained_on = plan_data(data, build_method(base.method).uses_background)  # what the trials read
-    outcome = run_search(base, data, cluster, tracking, search, name=search_name(prefix, base, trained_on.identity, search),
+    name = search_name(prefix, base, search, trained_on.digest, trained_on.background_digest)
+    outcome = run_search(base, data, cluster, tracking, search, name=name,
                          points_to_evaluate=[params_of(base, params)], params=params)
     best = outcome.best_run()
     state, metrics = best_checkpoint(best)

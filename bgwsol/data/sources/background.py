@@ -51,4 +51,4 @@ def exclude_photos(samples: list[Sample], names: set[str]) -> tuple[list[Sample]
             seen |= hit
         else:
             kept.append(sample)
-    return kept, dropped, names - seen - {str(s.path) for s in dropped} - {s.image_id for s in dropped}
+    return kept, dropped, names - seen
